@@ -1,0 +1,246 @@
+//! Snapshots of the machine: processes, CPU counters, sockets, accounts.
+//!
+//! [`sample`] takes two readings `interval` apart: a light one (`/proc/stat` and
+//! every `/proc/PID/stat`) and a full one (adds command lines, executables,
+//! owners, sockets). CPU shares are the differences between the two.
+
+pub mod cpu;
+pub mod net;
+pub mod process;
+pub mod users;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::host::Host;
+use cpu::StatSnapshot;
+use net::Socket;
+use process::{ProcStat, Process, ReadError};
+use users::Users;
+
+/// Facts about the inspected machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub kernel: String,
+    pub root: String,
+    pub cpus: usize,
+    pub euid: u32,
+}
+
+/// How long each part of Quarry's own work took, in microseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    /// First reading (before the interval).
+    pub first_pass_us: u64,
+    /// The interval Quarry slept, measured.
+    pub interval_us: u64,
+    /// Second, full reading.
+    pub second_pass_us: u64,
+    /// Detection and report building.
+    pub detect_us: u64,
+    /// Everything but the interval.
+    pub work_us: u64,
+}
+
+/// Everything [`sample`] learned.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub host: HostInfo,
+    pub ticks_per_second: u64,
+    pub stat0: StatSnapshot,
+    pub stat1: StatSnapshot,
+    /// The measured wall time between the two `/proc/stat` readings.
+    pub elapsed: Duration,
+    /// Stats of the first reading.
+    pub first: BTreeMap<i32, ProcStat>,
+    /// Processes of the second reading, by PID.
+    pub processes: BTreeMap<i32, Process>,
+    pub sockets: Vec<Socket>,
+    /// Socket inode → owning PIDs (only for the sockets detection asked about).
+    pub socket_owners: HashMap<u64, Vec<i32>>,
+    pub users: Users,
+    /// Things Quarry could not see, in plain words.
+    pub limitations: Vec<String>,
+    pub timing: Timing,
+}
+
+/// What to collect.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub interval: Duration,
+    /// Remote ports whose established connections need an owner.
+    pub pool_ports: HashSet<u16>,
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// Reads the machine twice, `interval` apart.
+pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
+    let t0 = Instant::now();
+    let stat0 = cpu::read_stat(host)?;
+    let s0 = Instant::now();
+    let pids0 = host.list_pids("/proc")?;
+    let first = process::read_all_stats(host, &pids0);
+    let first_pass = t0.elapsed();
+
+    std::thread::sleep(opts.interval);
+
+    let t1 = Instant::now();
+    let stat1 = cpu::read_stat(host)?;
+    let elapsed = s0.elapsed();
+    let pids1 = host.list_pids("/proc")?;
+    let ticks = rustix::param::clock_ticks_per_second().max(1);
+    let elapsed_ticks = (elapsed.as_secs_f64() * ticks as f64).max(1.0);
+    let interval_end_ticks = stat_uptime_ticks(host, ticks);
+
+    let mut processes = BTreeMap::new();
+    for &pid in &pids1 {
+        let Some(mut p) = Process::read(host, pid) else {
+            continue;
+        };
+        let used = match first.get(&pid) {
+            Some(s0) if s0.starttime == p.stat.starttime => {
+                p.stat.cpu_ticks().saturating_sub(s0.cpu_ticks())
+            }
+            // Started during the interval (or PID reused): all its time is new.
+            _ => p.stat.cpu_ticks(),
+        };
+        p.cpu_ticks_in_interval = used;
+        // A process that started during the interval only had part of it.
+        let span = match (first.contains_key(&pid), interval_end_ticks) {
+            (false, Some(now)) if now > p.stat.starttime => {
+                ((now - p.stat.starttime) as f64).min(elapsed_ticks)
+            }
+            _ => elapsed_ticks,
+        };
+        p.cpu_percent = 100.0 * used as f64 / span.max(1.0);
+        processes.insert(pid, p);
+    }
+
+    let sockets = net::read_tcp(host);
+    let wanted: HashSet<u64> = sockets
+        .iter()
+        .filter(|s| s.state == net::TCP_ESTABLISHED && opts.pool_ports.contains(&s.remote_port))
+        .map(|s| s.inode)
+        .collect();
+    let socket_owners = net::socket_owners(host, &pids1, &wanted);
+    let users = Users::load(host);
+    let host_info = host_info(host, &stat1);
+    let mut limitations = Vec::new();
+    if host.is_live() && host_info.euid != 0 {
+        let denied = processes
+            .values()
+            .filter(|p| p.exe == Err(ReadError::PermissionDenied))
+            .count();
+        limitations.push(format!(
+            "not running as root: the executables, open files and sockets of {denied} processes \
+             owned by other users cannot be read, so their miner checks are partial; run as root \
+             for a full scan"
+        ));
+    }
+    if !host.is_live() {
+        limitations.push(format!(
+            "offline scan of {}: system-call probes and memfd seal checks are skipped",
+            host.root().display()
+        ));
+    }
+    let second_pass = t1.elapsed();
+    Ok(Snapshot {
+        host: host_info,
+        ticks_per_second: ticks,
+        stat0,
+        stat1,
+        elapsed,
+        first,
+        processes,
+        sockets,
+        socket_owners,
+        users,
+        limitations,
+        timing: Timing {
+            first_pass_us: us(first_pass),
+            interval_us: us(opts.interval),
+            second_pass_us: us(second_pass),
+            ..Timing::default()
+        },
+    })
+}
+
+/// Uptime in clock ticks (`/proc/uptime`), to compare with process start times.
+fn stat_uptime_ticks(host: &Host, ticks: u64) -> Option<u64> {
+    let text = host.read_text("/proc/uptime").ok()?;
+    let secs: f64 = text.split_ascii_whitespace().next()?.parse().ok()?;
+    Some((secs * ticks as f64) as u64)
+}
+
+fn host_info(host: &Host, stat: &StatSnapshot) -> HostInfo {
+    let read = |p: &str| {
+        host.read_text(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    HostInfo {
+        hostname: crate::escape::escape_str(&read("/proc/sys/kernel/hostname")),
+        kernel: crate::escape::escape_str(&read("/proc/sys/kernel/osrelease")),
+        root: host.root().display().to_string(),
+        cpus: stat.per_cpu.len(),
+        euid: rustix::process::geteuid().as_raw(),
+    }
+}
+
+impl Snapshot {
+    /// Whole-machine busy share over the interval, %.
+    pub fn busy_percent(&self) -> f64 {
+        cpu::busy_percent(&self.stat0.total, &self.stat1.total)
+    }
+
+    /// Per-CPU busy shares, %.
+    pub fn per_cpu_percent(&self) -> Vec<f64> {
+        self.stat0
+            .per_cpu
+            .iter()
+            .zip(&self.stat1.per_cpu)
+            .map(|(a, b)| cpu::busy_percent(a, b))
+            .collect()
+    }
+
+    /// Seconds since the process started, if boot time is known.
+    pub fn age_seconds(&self, p: &Process) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let start = self
+            .stat1
+            .boot_time
+            .checked_add(p.stat.starttime / self.ticks_per_second)?;
+        (self.stat1.boot_time > 0).then(|| now.saturating_sub(start))
+    }
+
+    /// The parent chain of a process up to PID 1 (excluding the process itself).
+    pub fn ancestors(&self, pid: i32) -> Vec<(i32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut cur = self.processes.get(&pid).map(|p| p.stat.ppid);
+        while let Some(ppid) = cur {
+            if ppid <= 0 || out.len() > 64 || out.iter().any(|(p, _)| *p == ppid) {
+                break;
+            }
+            match self.processes.get(&ppid) {
+                Some(pp) => {
+                    out.push((ppid, pp.stat.comm.clone()));
+                    cur = Some(pp.stat.ppid);
+                }
+                None => {
+                    out.push((ppid, b"?".to_vec()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,323 @@
+//! Processes, read from `/proc/PID/*` by hand.
+//!
+//! Why not the `procfs` crate: its `stat` parser turns the process name into a
+//! lossy UTF-8 `String`, and Quarry must keep hostile names byte-exact (they are
+//! evidence, and escaping must be lossless). The formats read here are small and
+//! stable (proc(5)); each constant below says where it comes from.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use serde::Serialize;
+
+use crate::host::Host;
+
+/// `PF_KTHREAD` in `/proc/PID/stat` field 9 (`flags`): set for kernel threads
+/// (include/linux/sched.h). Kernel threads have no user-space executable.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// The fields of `/proc/PID/stat` Quarry uses (proc(5) numbering in comments).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProcStat {
+    /// (1) pid
+    pub pid: i32,
+    /// (2) comm, raw bytes, at most 15 (TASK_COMM_LEN - 1)
+    #[serde(skip)]
+    pub comm: Vec<u8>,
+    /// (3) state character
+    pub state: char,
+    /// (4) ppid
+    pub ppid: i32,
+    /// (9) flags (PF_*)
+    pub flags: u32,
+    /// (14) utime, clock ticks, all threads
+    pub utime: u64,
+    /// (15) stime
+    pub stime: u64,
+    /// (16) cutime: user time of waited-for children
+    pub cutime: u64,
+    /// (17) cstime
+    pub cstime: u64,
+    /// (19) nice
+    pub nice: i64,
+    /// (20) num_threads
+    pub num_threads: i64,
+    /// (22) starttime, clock ticks after boot
+    pub starttime: u64,
+}
+
+impl ProcStat {
+    /// utime + stime.
+    pub fn cpu_ticks(&self) -> u64 {
+        self.utime + self.stime
+    }
+    /// cutime + cstime.
+    pub fn child_ticks(&self) -> u64 {
+        self.cutime + self.cstime
+    }
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+}
+
+/// Parses `/proc/PID/stat`. The name is between the first `(` and the *last*
+/// `)`: a process can put `)` and spaces in its own name.
+pub fn parse_stat(buf: &[u8]) -> Option<ProcStat> {
+    let open = buf.iter().position(|b| *b == b'(')?;
+    let close = buf.iter().rposition(|b| *b == b')')?;
+    if close < open {
+        return None;
+    }
+    let pid = std::str::from_utf8(&buf[..open])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = buf[open + 1..close].to_vec();
+    let rest = std::str::from_utf8(buf.get(close + 2..)?).ok()?;
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // f[0] is field 3, so field n is f[n - 3].
+    let num = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
+    let int = |n: usize| -> Option<i64> { f.get(n - 3)?.parse().ok() };
+    Some(ProcStat {
+        pid,
+        comm,
+        state: f.first()?.chars().next()?,
+        ppid: int(4)? as i32,
+        flags: num(9)? as u32,
+        utime: num(14)?,
+        stime: num(15)?,
+        cutime: int(16)?.max(0) as u64,
+        cstime: int(17)?.max(0) as u64,
+        nice: int(19)?,
+        num_threads: int(20)?,
+        starttime: num(22)?,
+    })
+}
+
+/// Reads `/proc/PID/stat` (or `/proc/PID/task/TID/stat`).
+pub fn read_stat(host: &Host, path: &str) -> io::Result<ProcStat> {
+    let buf = host.read(path)?;
+    parse_stat(&buf).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad stat"))
+}
+
+/// What `/proc/PID/exe` points to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exe {
+    /// The link target exactly as the kernel gave it.
+    pub link: Vec<u8>,
+    /// The path without the kernel's " (deleted)" suffix.
+    pub path: Vec<u8>,
+    /// The file was unlinked while the process runs.
+    pub deleted: bool,
+    /// The executable is an anonymous memory file (`memfd_create`): no file on disk.
+    pub memfd: bool,
+    /// For a memfd on the live host: whether it is sealed against writing
+    /// (`F_GET_SEALS`). Sealed memfds are what runc and systemd use.
+    pub memfd_sealed: Option<bool>,
+}
+
+impl Exe {
+    /// Interprets a link target.
+    pub fn from_link(link: Vec<u8>) -> Exe {
+        const DELETED: &[u8] = b" (deleted)";
+        let (path, deleted) = match link.strip_suffix(DELETED) {
+            Some(p) => (p.to_vec(), true),
+            None => (link.clone(), false),
+        };
+        let memfd = path.starts_with(b"/memfd:");
+        Exe {
+            link,
+            path,
+            deleted,
+            memfd,
+            memfd_sealed: None,
+        }
+    }
+
+    /// The file name (last path component).
+    pub fn file_name(&self) -> &[u8] {
+        if self.memfd {
+            return &self.path[b"/memfd:".len()..];
+        }
+        basename(&self.path)
+    }
+}
+
+/// The last component of a path.
+pub fn basename(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}
+
+/// Why a piece of a process could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadError {
+    /// EACCES/EPERM: not visible to this user.
+    PermissionDenied,
+    /// ENOENT/ESRCH: gone, or a kernel thread (no exe).
+    Missing,
+    Other,
+}
+
+impl From<&io::Error> for ReadError {
+    fn from(e: &io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::PermissionDenied => ReadError::PermissionDenied,
+            io::ErrorKind::NotFound => ReadError::Missing,
+            _ if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => {
+                ReadError::Missing
+            }
+            _ => ReadError::Other,
+        }
+    }
+}
+
+/// One process as Quarry saw it.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub pid: i32,
+    pub stat: ProcStat,
+    /// Owner (uid of the `/proc/PID` directory, which is the effective uid).
+    pub uid: Option<u32>,
+    /// argv, raw; empty for kernel threads and zombies.
+    pub cmdline: Vec<Vec<u8>>,
+    pub exe: Result<Exe, ReadError>,
+    /// CPU share over the sampling interval, % of one CPU (like `top`), all
+    /// threads summed.
+    pub cpu_percent: f64,
+    /// CPU ticks used during the interval.
+    pub cpu_ticks_in_interval: u64,
+}
+
+impl Process {
+    /// Reads a process; `None` if it vanished.
+    pub fn read(host: &Host, pid: i32) -> Option<Process> {
+        let dir = format!("/proc/{pid}");
+        let stat = read_stat(host, &format!("{dir}/stat")).ok()?;
+        let uid = host.stat(&dir).ok().map(|s| s.st_uid);
+        let cmdline = host
+            .read(format!("{dir}/cmdline"))
+            .map(|b| split_nul(&b))
+            .unwrap_or_default();
+        let exe = match host.read_link(format!("{dir}/exe")) {
+            Ok(link) => {
+                let mut exe = Exe::from_link(link);
+                if exe.memfd && host.is_live() {
+                    exe.memfd_sealed = memfd_sealed(pid);
+                }
+                Ok(exe)
+            }
+            Err(e) => Err(ReadError::from(&e)),
+        };
+        Some(Process {
+            pid,
+            stat,
+            uid,
+            cmdline,
+            exe,
+            cpu_percent: 0.0,
+            cpu_ticks_in_interval: 0,
+        })
+    }
+
+    pub fn name(&self) -> &[u8] {
+        &self.stat.comm
+    }
+
+    /// argv[0], if any.
+    pub fn argv0(&self) -> Option<&[u8]> {
+        self.cmdline.first().map(Vec::as_slice)
+    }
+
+    pub fn is_kernel_thread(&self) -> bool {
+        self.stat.is_kernel_thread()
+    }
+
+    /// The command line joined by spaces, lower-cased, for substring rules.
+    pub fn cmdline_lower(&self) -> String {
+        let joined = self.cmdline.join(&b' ');
+        String::from_utf8_lossy(&joined).to_lowercase()
+    }
+}
+
+/// Splits a NUL-separated buffer (`cmdline`, `environ`).
+pub fn split_nul(buf: &[u8]) -> Vec<Vec<u8>> {
+    let buf = buf.strip_suffix(b"\0").unwrap_or(buf);
+    if buf.is_empty() {
+        return Vec::new();
+    }
+    buf.split(|b| *b == 0).map(<[u8]>::to_vec).collect()
+}
+
+/// Whether the memfd behind `/proc/PID/exe` is sealed against writes.
+fn memfd_sealed(pid: i32) -> Option<bool> {
+    use rustix::fs::{Mode, OFlags, SealFlags};
+    let fd = rustix::fs::open(
+        format!("/proc/{pid}/exe"),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let seals = rustix::fs::fcntl_get_seals(&fd).ok()?;
+    Some(seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE))
+}
+
+/// A light first pass: pid → stat, for CPU deltas.
+pub fn read_all_stats(host: &Host, pids: &[i32]) -> BTreeMap<i32, ProcStat> {
+    pids.iter()
+        .filter_map(|&pid| Some((pid, read_stat(host, &format!("/proc/{pid}/stat")).ok()?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_hostile_name() {
+        let line = b"4242 (a) b\n\x1b[31m) R 1 4242 4242 0 -1 4194560 1 0 0 0 250 50 7 3 20 0 3 0 12345 1000 10 18446744073709551615\n";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.pid, 4242);
+        assert_eq!(s.comm, b"a) b\n\x1b[31m");
+        assert_eq!(s.state, 'R');
+        assert_eq!(s.ppid, 1);
+        assert_eq!((s.utime, s.stime, s.cutime, s.cstime), (250, 50, 7, 3));
+        assert_eq!(s.num_threads, 3);
+        assert_eq!(s.starttime, 12345);
+        assert!(!s.is_kernel_thread());
+    }
+
+    #[test]
+    fn kernel_thread_flag() {
+        let s = parse_stat(b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0")
+            .unwrap();
+        assert!(s.is_kernel_thread());
+    }
+
+    #[test]
+    fn exe_links() {
+        let e = Exe::from_link(b"/var/tmp/tplink (deleted)".to_vec());
+        assert!(e.deleted && !e.memfd);
+        assert_eq!(e.file_name(), b"tplink");
+        let m = Exe::from_link(b"/memfd:xmrig (deleted)".to_vec());
+        assert!(m.memfd && m.deleted);
+        assert_eq!(m.file_name(), b"xmrig");
+    }
+
+    #[test]
+    fn nul_split() {
+        assert_eq!(split_nul(b"a\0b c\0"), vec![b"a".to_vec(), b"b c".to_vec()]);
+        assert!(split_nul(b"").is_empty());
+    }
+
+    #[test]
+    fn reads_self() {
+        let p = Process::read(&Host::default(), std::process::id() as i32).unwrap();
+        assert!(p.exe.is_ok());
+        assert!(!p.cmdline.is_empty());
+    }
+}

@@ -1,0 +1,435 @@
+//! Miner verdicts per process.
+//!
+//! Each process collects [`Signal`]s; their weights add up to a score:
+//!
+//! | score | verdict | severity |
+//! |---|---|---|
+//! | ≥ 5 | malicious | high |
+//! | 3–4 | suspicious | medium |
+//! | < 3 | nothing to report | — |
+//!
+//! Weights (built-in signals here, indicator signals from the rules file):
+//! a stratum URL 5; a known miner name 3; XMRig options 3; a pool name 3; a
+//! Monero wallet 3; a kernel-thread masquerade 4; an unsealed memory-only
+//! executable 2 (sealed 1: runc and systemd use sealed memfds); a deleted
+//! executable 2; a hidden directory in a temporary or system place 2; an
+//! algorithm name 2; a temporary directory 1; a pool port 1; high CPU 1.
+//!
+//! So no weak signal alone (port, /tmp, high CPU, memfd) reaches "suspicious",
+//! and "malicious" needs either a miner-specific fact (a stratum URL) or several
+//! independent ones (a miner name in /tmp burning CPU).
+
+use std::collections::HashMap;
+
+use super::{Evidence, Finding, Severity, Signal, Subject, Technique};
+use crate::collect::process::{basename, Process, ReadError};
+use crate::collect::{net, Snapshot};
+use crate::escape::{escape, escape_args};
+use crate::rules::{Indicator, Kind, Rules};
+
+/// Score at which a process is called malicious.
+pub const MALICIOUS: u32 = 5;
+/// Score at which a process is called suspicious.
+pub const SUSPICIOUS: u32 = 3;
+/// A process using at least this share of one CPU over the interval counts as
+/// busy (one weak signal).
+pub const HIGH_CPU_PERCENT: f64 = 50.0;
+/// `TASK_COMM_LEN - 1`: the kernel truncates process names to 15 bytes.
+const COMM_MAX: usize = 15;
+
+/// Verdicts for every process in the snapshot, most severe first.
+pub fn detect(snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
+    let conns = connections_by_pid(snap, rules);
+    let mut out: Vec<Finding> = snap
+        .processes
+        .values()
+        .filter_map(|p| {
+            judge(
+                snap,
+                rules,
+                p,
+                conns.get(&p.pid).map(Vec::as_slice).unwrap_or(&[]),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.score
+            .cmp(&a.score)
+            .then(a.subject.pid.cmp(&b.subject.pid))
+    });
+    out
+}
+
+/// Established connections to pool ports, per owning PID.
+fn connections_by_pid<'a>(snap: &'a Snapshot, rules: &Rules) -> HashMap<i32, Vec<&'a net::Socket>> {
+    let ports = rules.pool_ports();
+    let mut by_pid: HashMap<i32, Vec<&net::Socket>> = HashMap::new();
+    for s in &snap.sockets {
+        if s.state != net::TCP_ESTABLISHED || !ports.contains(&s.remote_port) {
+            continue;
+        }
+        for pid in snap.socket_owners.get(&s.inode).into_iter().flatten() {
+            by_pid.entry(*pid).or_default().push(s);
+        }
+    }
+    by_pid
+}
+
+fn signal(id: &str, weight: u32, detail: String, technique: &str) -> Signal {
+    Signal {
+        id: id.into(),
+        weight,
+        detail,
+        technique: Technique::new(technique),
+        source: None,
+    }
+}
+
+fn from_indicator(ind: &Indicator, detail: String) -> Signal {
+    Signal {
+        id: ind.kind.signal_id().into(),
+        weight: ind.weight,
+        detail,
+        technique: Technique::new(&ind.technique),
+        source: Some(format!("{} ({})", ind.source, ind.origin)),
+    }
+}
+
+/// The signals of one process (public for tests and for hidden processes).
+pub fn signals(snap: &Snapshot, rules: &Rules, p: &Process, conns: &[&net::Socket]) -> Vec<Signal> {
+    let mut sig = Vec::new();
+    if p.is_kernel_thread() || (p.cmdline.is_empty() && p.exe == Err(ReadError::Missing)) {
+        return sig; // kernel threads and zombies have nothing to judge
+    }
+    let exe = p.exe.as_ref().ok();
+    // The executable path: from /proc/PID/exe, or an absolute argv[0] if unreadable.
+    let exe_path: Option<&[u8]> = exe
+        .map(|e| e.path.as_slice())
+        .or_else(|| p.argv0().filter(|a| a.starts_with(b"/")));
+
+    // 1. Known miner names.
+    let mut names: Vec<(&str, &[u8])> = vec![("process name", p.name())];
+    if let Some(a) = p.argv0() {
+        names.push(("argv[0]", basename(a)));
+    }
+    if let Some(e) = exe {
+        names.push(("executable", e.file_name()));
+    }
+    let mut seen_name = false;
+    for (what, n) in &names {
+        if seen_name {
+            break;
+        }
+        let n = String::from_utf8_lossy(n).to_ascii_lowercase();
+        for ind in rules.of(Kind::ProcessName) {
+            let hit = ind.values.iter().any(|v| {
+                *v == n || (*what == "process name" && n.len() == COMM_MAX && v.starts_with(&n))
+            });
+            if hit {
+                sig.push(from_indicator(
+                    ind,
+                    format!("{what} \"{}\" {}", crate::escape::escape_str(&n), ind.note),
+                ));
+                seen_name = true;
+                break;
+            }
+        }
+    }
+
+    // 2. Mining strings in the command line: each rules entry counts once.
+    let cmd = p.cmdline_lower();
+    if !cmd.is_empty() {
+        for ind in rules.of(Kind::Cmdline) {
+            if let Some(v) = ind.values.iter().find(|v| cmd.contains(v.as_str())) {
+                sig.push(from_indicator(
+                    ind,
+                    format!(
+                        "command line contains \"{}\": {}",
+                        crate::escape::escape_str(v),
+                        ind.note
+                    ),
+                ));
+            }
+        }
+        if let Some(w) = find_wallet(&p.cmdline) {
+            sig.push(signal(
+                "wallet-address",
+                3,
+                format!(
+                    "command line holds a Monero-style wallet address {}…",
+                    &w[..12]
+                ),
+                "T1496",
+            ));
+        }
+    }
+
+    // 3. Where the executable lives.
+    if let Some(path) = exe_path.filter(|_| !exe.is_some_and(|e| e.memfd)) {
+        let lower = String::from_utf8_lossy(path).to_ascii_lowercase();
+        let temp = rules.of(Kind::TempDir).find_map(|ind| {
+            ind.values
+                .iter()
+                .find(|d| lower.starts_with(d.as_str()))
+                .map(|d| (ind, d))
+        });
+        if let Some((ind, d)) = temp {
+            sig.push(from_indicator(
+                ind,
+                format!("executable {} is under {d}: {}", escape(path), ind.note),
+            ));
+        }
+        if let Some(dir) = hidden_dir(path) {
+            let in_home = lower.starts_with("/root/") || lower.starts_with("/home/");
+            if temp.is_some() || !in_home {
+                sig.push(signal(
+                    "exe-hidden-dir",
+                    2,
+                    format!(
+                        "executable {} is inside the hidden directory {}",
+                        escape(path),
+                        escape(dir)
+                    ),
+                    "T1564.001",
+                ));
+            }
+        }
+    }
+    if let Some(e) = exe {
+        if e.memfd {
+            let (w, how) = match e.memfd_sealed {
+                Some(true) => (1, "sealed (as runc and systemd use)"),
+                Some(false) => (2, "not sealed"),
+                None => (2, "seal state unknown"),
+            };
+            sig.push(signal(
+                "exe-memfd",
+                w,
+                format!(
+                    "executable exists only in memory ({}), {how}: no file on disk",
+                    escape(&e.link)
+                ),
+                "T1620",
+            ));
+        } else if e.deleted {
+            sig.push(signal(
+                "exe-deleted",
+                2,
+                format!(
+                    "executable {} was deleted while the process runs",
+                    escape(&e.link)
+                ),
+                "T1070.004",
+            ));
+        }
+    }
+
+    // 4. Kernel-thread masquerade: a user-space process named like a kernel thread.
+    if let Some((what, n)) = kthread_like(rules, p) {
+        sig.push(signal(
+            "kthread-masquerade",
+            4,
+            format!(
+                "{what} \"{}\" looks like a kernel thread, but it runs the user-space executable {}",
+                escape(n),
+                exe.map_or_else(|| "(unreadable)".into(), |e| escape(&e.link))
+            ),
+            "T1036.004",
+        ));
+    }
+
+    // 5. Connections to pool ports.
+    if !conns.is_empty() {
+        let ind = rules.of(Kind::PoolPort).next();
+        let list: Vec<String> = conns.iter().map(|s| s.remote_str()).collect();
+        let detail = format!("established TCP connection to {}", list.join(", "));
+        sig.push(match ind {
+            Some(ind) => from_indicator(ind, format!("{detail}: {}", ind.note)),
+            None => signal("pool-port", 1, detail, "T1571"),
+        });
+    }
+
+    // 6. Sustained CPU.
+    if p.cpu_percent >= HIGH_CPU_PERCENT {
+        sig.push(signal(
+            "high-cpu",
+            1,
+            format!(
+                "used {:.0}% of one CPU over the {:.1} s sample",
+                p.cpu_percent,
+                snap.elapsed.as_secs_f64()
+            ),
+            "T1496",
+        ));
+    }
+    sig
+}
+
+/// Judges one process.
+pub fn judge(
+    snap: &Snapshot,
+    rules: &Rules,
+    p: &Process,
+    conns: &[&net::Socket],
+) -> Option<Finding> {
+    let sig = signals(snap, rules, p, conns);
+    let score: u32 = sig.iter().map(|s| s.weight).sum();
+    let (verdict, severity) = if score >= MALICIOUS {
+        ("malicious", Severity::High)
+    } else if score >= SUSPICIOUS {
+        ("suspicious", Severity::Medium)
+    } else {
+        return None;
+    };
+    let mut techniques: Vec<Technique> = Vec::new();
+    for s in &sig {
+        if !techniques.contains(&s.technique) {
+            techniques.push(s.technique.clone());
+        }
+    }
+    let name = escape(p.name());
+    let reasons: Vec<&str> = sig.iter().map(|s| s.id.as_str()).collect();
+    let title = format!(
+        "PID {} \"{name}\" is {} ({})",
+        p.pid,
+        if verdict == "malicious" {
+            "a cryptominer"
+        } else {
+            "possibly a cryptominer"
+        },
+        reasons.join(", ")
+    );
+    Some(Finding {
+        rule: "miner.process".into(),
+        severity,
+        verdict: Some(verdict.into()),
+        title,
+        subject: Subject {
+            pid: Some(p.pid),
+            name: Some(name),
+            path: p.exe.as_ref().ok().map(|e| escape(&e.link)),
+        },
+        techniques,
+        signals: sig,
+        score: Some(score),
+        evidence: process_evidence(snap, p),
+    })
+}
+
+/// Facts about a process for a finding, each checkable by hand.
+pub fn process_evidence(snap: &Snapshot, p: &Process) -> Vec<Evidence> {
+    let mut ev = vec![Evidence::new("pid", p.pid.to_string())];
+    ev.push(Evidence::new(
+        "exe",
+        match &p.exe {
+            Ok(e) => format!("{} (ls -l /proc/{}/exe)", escape(&e.link), p.pid),
+            Err(e) => format!("unreadable: {e:?}"),
+        },
+    ));
+    let mut cmd = escape_args(&p.cmdline);
+    if cmd.len() > 1024 {
+        let cut = (0..=1024)
+            .rev()
+            .find(|i| cmd.is_char_boundary(*i))
+            .unwrap_or(0);
+        cmd.truncate(cut);
+        cmd.push_str("…");
+    }
+    ev.push(Evidence::new("cmdline", cmd));
+    if let Some(uid) = p.uid {
+        ev.push(Evidence::new(
+            "user",
+            format!("{} (uid {uid})", snap.users.name(uid)),
+        ));
+    }
+    ev.push(Evidence::new(
+        "cpu",
+        format!(
+            "{:.1}% of one CPU, {} threads, nice {}",
+            p.cpu_percent, p.stat.num_threads, p.stat.nice
+        ),
+    ));
+    let chain: Vec<String> = snap
+        .ancestors(p.pid)
+        .iter()
+        .map(|(pid, n)| format!("{}({pid})", escape(n)))
+        .collect();
+    if !chain.is_empty() {
+        ev.push(Evidence::new("parents", chain.join(" < ")));
+    }
+    ev
+}
+
+/// A hidden directory component (`.name`) of a path, as the directory path.
+fn hidden_dir(path: &[u8]) -> Option<&[u8]> {
+    let dir_end = path.iter().rposition(|b| *b == b'/')?;
+    let mut start = 0;
+    for (i, b) in path[..=dir_end].iter().enumerate() {
+        if *b == b'/' {
+            let comp = &path[start..i];
+            if comp.len() > 1 && comp[0] == b'.' && comp != b".." {
+                return Some(&path[..i]);
+            }
+            start = i + 1;
+        }
+    }
+    None
+}
+
+/// Whether the process's name or argv[0] looks like a kernel thread.
+fn kthread_like<'a>(rules: &Rules, p: &'a Process) -> Option<(&'static str, &'a [u8])> {
+    // A kernel thread has no executable; a zombie or an unreadable one says nothing.
+    p.exe.as_ref().ok()?;
+    let looks = |n: &[u8]| -> bool {
+        if n.len() > 2 && n.starts_with(b"[") && n.ends_with(b"]") {
+            return true; // ps shows kernel threads in brackets; the kernel never names one so
+        }
+        let s = String::from_utf8_lossy(n).to_ascii_lowercase();
+        rules
+            .values(Kind::KernelThreadName)
+            .any(|k| s.starts_with(k))
+    };
+    if looks(p.name()) {
+        return Some(("process name", p.name()));
+    }
+    let a = p.argv0()?;
+    looks(a).then_some(("argv[0]", a))
+}
+
+/// Base58 alphabet (Bitcoin/Monero): no 0, O, I, l.
+fn is_base58(b: u8) -> bool {
+    b.is_ascii_alphanumeric() && !matches!(b, b'0' | b'O' | b'I' | b'l')
+}
+
+/// Finds a Monero address: 95 (standard) or 106 (integrated) base58 characters
+/// starting with 4 or 8, as a token of the command line.
+pub fn find_wallet(args: &[Vec<u8>]) -> Option<String> {
+    for a in args {
+        for tok in a.split(|b| !is_base58(*b)) {
+            if (tok.len() == 95 || tok.len() == 106) && matches!(tok[0], b'4' | b'8') {
+                return Some(String::from_utf8_lossy(tok).into_owned());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wallets() {
+        let w = format!("4{}", "A".repeat(94));
+        assert!(find_wallet(&[b"-u".to_vec(), format!("{w}.rig1").into_bytes()]).is_some());
+        assert!(find_wallet(&[format!("5{}", "A".repeat(94)).into_bytes()]).is_none());
+        assert!(find_wallet(&[format!("4{}", "0".repeat(94)).into_bytes()]).is_none());
+    }
+
+    #[test]
+    fn hidden_dirs() {
+        assert_eq!(hidden_dir(b"/tmp/.x/.y/miner"), Some(&b"/tmp/.x"[..]));
+        assert_eq!(hidden_dir(b"/tmp/x/.miner"), None);
+        assert_eq!(hidden_dir(b"/usr/bin/ls"), None);
+    }
+}

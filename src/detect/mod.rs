@@ -1,0 +1,161 @@
+//! Detectors: each turns snapshots into [`Finding`]s with a stable rule id, a
+//! severity, evidence and a MITRE ATT&CK technique.
+
+pub mod cpu;
+pub mod miner;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// How bad a finding is. Ordered: `Info < Low < Medium < High < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "info" => Severity::Info,
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => {
+                return Err(format!(
+                    "unknown severity {s:?} (info, low, medium, high, critical)"
+                ))
+            }
+        })
+    }
+}
+
+/// A MITRE ATT&CK technique.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Technique {
+    pub id: String,
+    pub name: String,
+}
+
+impl Technique {
+    pub fn new(id: &str) -> Technique {
+        Technique {
+            id: id.to_string(),
+            name: technique_name(id).to_string(),
+        }
+    }
+}
+
+/// Names of the ATT&CK techniques Quarry reports.
+pub fn technique_name(id: &str) -> &'static str {
+    match id {
+        "T1496" => "Resource Hijacking",
+        "T1036" => "Masquerading",
+        "T1036.004" => "Masquerade Task or Service",
+        "T1036.005" => "Match Legitimate Name or Location",
+        "T1070.004" => "Indicator Removal: File Deletion",
+        "T1620" => "Reflective Code Loading",
+        "T1074" => "Data Staged",
+        "T1564.001" => "Hidden Files and Directories",
+        "T1571" => "Non-Standard Port",
+        "T1014" => "Rootkit",
+        "T1547.006" => "Kernel Modules and Extensions",
+        "T1574.006" => "Dynamic Linker Hijacking",
+        "T1564" => "Hide Artifacts",
+        "T1053.003" => "Scheduled Task/Job: Cron",
+        "T1543.002" => "Create or Modify System Process: Systemd Service",
+        _ => "",
+    }
+}
+
+/// One piece of evidence: a named fact the user can check by hand.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    pub key: String,
+    /// Escaped, printable, one line.
+    pub value: String,
+}
+
+impl Evidence {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Evidence {
+        Evidence {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// A single reason that counts towards a process verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Signal {
+    /// Stable id, e.g. `miner-name`, `exe-deleted`.
+    pub id: String,
+    /// How much it counts (see `detect::miner`).
+    pub weight: u32,
+    /// Plain explanation, escaped.
+    pub detail: String,
+    pub technique: Technique,
+    /// Where the indicator comes from (rules entries), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// The subject of a finding.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Subject {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Escaped process name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Escaped path (executable, file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// Stable rule id, e.g. `miner.process`.
+    pub rule: String,
+    pub severity: Severity,
+    /// For process findings: `malicious` or `suspicious`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// One line a tired administrator understands (escaped).
+    pub title: String,
+    pub subject: Subject,
+    pub techniques: Vec<Technique>,
+    /// Signals that add up to the verdict (process findings).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<Signal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<u32>,
+    pub evidence: Vec<Evidence>,
+}

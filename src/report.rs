@@ -1,0 +1,281 @@
+//! Rendering a [`Report`]: human text (colour only on a terminal) and JSON.
+//!
+//! Every string that came from a process was escaped when the report was built
+//! (see [`crate::escape`]), so nothing printed here can move the cursor, change
+//! colours or start a new line of its own.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use crate::detect::Severity;
+use crate::scan::Report;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Colour choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+struct Style {
+    on: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+    fn bold(&self, s: &str) -> String {
+        self.paint("1", s)
+    }
+    fn dim(&self, s: &str) -> String {
+        self.paint("2", s)
+    }
+    fn sev(&self, sev: Severity) -> String {
+        let label = format!("{:<8}", sev.as_str().to_uppercase());
+        let code = match sev {
+            Severity::Critical => "1;97;41",
+            Severity::High => "1;31",
+            Severity::Medium => "33",
+            Severity::Low => "36",
+            Severity::Info => "2",
+        };
+        self.paint(code, &label)
+    }
+}
+
+/// Writes the report as JSON (one document, pretty-printed, trailing newline).
+pub fn write_json(out: &mut dyn Write, r: &Report) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, r)?;
+    writeln!(out)
+}
+
+/// Writes the report as human text.
+pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()> {
+    let st = Style { on: color };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} {} — host {}, kernel {}, {} CPUs{}",
+        st.bold("Quarry"),
+        r.quarry_version,
+        r.host.hostname,
+        r.host.kernel,
+        r.host.cpus,
+        if r.host.root == "/" {
+            String::new()
+        } else {
+            format!(", root {}", crate::escape::escape_str(&r.host.root))
+        }
+    );
+    let c = &r.cpu;
+    let verdict = if c.abnormal {
+        st.paint("1;31", "ABNORMAL")
+    } else {
+        st.paint("32", "normal")
+    };
+    let _ = writeln!(
+        s,
+        "\nCPU {:.1}% busy over {:.1} s: {verdict} (threshold {:.0}%)",
+        c.busy_percent, c.interval_seconds, c.threshold_percent
+    );
+    let per: Vec<String> = c
+        .per_cpu_percent
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("cpu{i} {p:.0}%"))
+        .collect();
+    if !per.is_empty() {
+        let _ = writeln!(s, "  {}", per.join("  "));
+    }
+    let _ = writeln!(
+        s,
+        "  visible processes account for {:.1}% of all CPUs",
+        c.visible_percent
+    );
+
+    let _ = writeln!(s, "\n{}", st.bold("Top CPU consumers"));
+    let _ = writeln!(
+        s,
+        "  {:>7} {:<10} {:>6} {:>4}  NAME",
+        "PID", "USER", "CPU%", "THR"
+    );
+    for t in &r.top {
+        let mark = match t.verdict.as_deref() {
+            Some("malicious") => st.paint("1;31", "  <- MINER"),
+            Some("suspicious") => st.paint("33", "  <- suspicious"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:>7} {:<10} {:>6.1} {:>4}  {}{mark}",
+            t.pid,
+            truncate(&t.user, 10),
+            t.cpu_percent,
+            t.threads,
+            t.name
+        );
+        if t.exe_state == "kernel-thread" {
+            continue;
+        }
+        let exe = match (&t.exe, t.exe_state) {
+            (Some(e), "file") => e.clone(),
+            (Some(e), state) => format!("{e}  [{}]", st.paint("33", state)),
+            (None, state) => format!("[{state}]"),
+        };
+        let _ = writeln!(s, "  {:>7} {} {exe}", "", st.dim("exe"));
+        if !t.cmdline.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {:>7} {} {}",
+                "",
+                st.dim("cmd"),
+                truncate(&t.cmdline, 200)
+            );
+        }
+        let mut ctx = Vec::new();
+        if let Some(c) = &t.cwd {
+            ctx.push(format!("cwd {c}"));
+        }
+        if let Some(a) = t.age_seconds {
+            ctx.push(format!("up {}", human_age(a)));
+        }
+        if let Some(u) = &t.unit {
+            ctx.push(format!("unit {u}"));
+        }
+        if let Some(c) = &t.container {
+            ctx.push(format!("container {c}"));
+        }
+        if !ctx.is_empty() {
+            let _ = writeln!(s, "  {:>7} {}", "", st.dim(&ctx.join(", ")));
+        }
+        if !t.parents.is_empty() {
+            let chain: Vec<String> = t
+                .parents
+                .iter()
+                .map(|p| format!("{}({})", p.name, p.pid))
+                .collect();
+            let _ = writeln!(s, "  {:>7} {} {}", "", st.dim("parents"), chain.join(" < "));
+        }
+    }
+
+    let _ = writeln!(s, "\n{} ({})", st.bold("Findings"), r.findings.len());
+    if r.findings.is_empty() {
+        let _ = writeln!(s, "  none");
+    }
+    for f in &r.findings {
+        let techs: Vec<String> = f
+            .techniques
+            .iter()
+            .map(|t| {
+                if t.name.is_empty() {
+                    t.id.clone()
+                } else {
+                    format!("{} {}", t.id, t.name)
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "  {} {}  [{}]", st.sev(f.severity), f.title, f.rule);
+        let pad = "           ";
+        for sig in &f.signals {
+            let _ = writeln!(s, "{pad}+{} {}: {}", sig.weight, sig.id, sig.detail);
+        }
+        if let Some(score) = f.score {
+            let _ = writeln!(
+                s,
+                "{pad}{}",
+                st.dim(&format!(
+                    "score {score} (malicious at {}, suspicious at {})",
+                    crate::detect::miner::MALICIOUS,
+                    crate::detect::miner::SUSPICIOUS
+                ))
+            );
+        }
+        for e in &f.evidence {
+            let _ = writeln!(s, "{pad}{} {}", st.dim(&format!("{}:", e.key)), e.value);
+        }
+        if !techs.is_empty() {
+            let _ = writeln!(s, "{pad}{} {}", st.dim("ATT&CK:"), techs.join("; "));
+        }
+    }
+
+    if !r.limitations.is_empty() {
+        let _ = writeln!(s, "\n{}", st.bold("Not visible in this scan"));
+        for l in &r.limitations {
+            let _ = writeln!(s, "  - {l}");
+        }
+    }
+
+    let sm = &r.summary;
+    let line = if sm.malicious > 0 {
+        st.paint(
+            "1;31",
+            &format!(
+                "VERDICT: {} cryptominer process(es) found{}",
+                sm.malicious,
+                if sm.suspicious > 0 {
+                    format!(", {} more suspicious", sm.suspicious)
+                } else {
+                    String::new()
+                }
+            ),
+        )
+    } else if sm.suspicious > 0 {
+        st.paint(
+            "33",
+            &format!(
+                "VERDICT: {} suspicious process(es), no confirmed miner",
+                sm.suspicious
+            ),
+        )
+    } else if r.cpu.abnormal {
+        st.paint(
+            "33",
+            "VERDICT: CPU is high but no miner signal was found; see the top consumers",
+        )
+    } else {
+        st.paint("32", "VERDICT: no miner found")
+    };
+    let _ = writeln!(s, "\n{line}");
+    let _ = writeln!(
+        s,
+        "{}",
+        st.dim(&format!(
+            "Quarry's own work: {:.1} ms (plus the {:.1} s sample)",
+            r.timing.work_us as f64 / 1000.0,
+            r.timing.interval_us as f64 / 1e6
+        ))
+    );
+    out.write_all(s.as_bytes())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}

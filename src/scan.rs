@@ -1,0 +1,277 @@
+//! `quarry scan`: collect → detect → report.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::collect::{self, process::Process, Snapshot};
+use crate::detect::{self, cpu::CpuVerdict, Finding, Severity};
+use crate::escape::{escape, escape_args};
+use crate::host::Host;
+use crate::rules::Rules;
+
+/// Options of a scan.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    pub interval: Duration,
+    pub cpu_threshold: f64,
+    pub top: usize,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            interval: Duration::from_secs(1),
+            cpu_threshold: 70.0,
+            top: 10,
+        }
+    }
+}
+
+/// The JSON schema name and version (docs/JSON-SCHEMA.md).
+pub const SCHEMA: &str = "quarry.scan";
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A top CPU consumer, with the context an administrator needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopProcess {
+    pub pid: i32,
+    pub user: String,
+    pub uid: Option<u32>,
+    pub cpu_percent: f64,
+    pub threads: i64,
+    pub name: String,
+    pub exe: Option<String>,
+    /// `file`, `deleted`, `memory-only`, `kernel-thread` or `unreadable`.
+    pub exe_state: &'static str,
+    pub cmdline: String,
+    pub cwd: Option<String>,
+    pub age_seconds: Option<u64>,
+    pub parents: Vec<Parent>,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    /// `malicious` / `suspicious` when a miner finding names this process.
+    pub verdict: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Parent {
+    pub pid: i32,
+    pub name: String,
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub malicious: usize,
+    pub suspicious: usize,
+    pub findings: usize,
+    pub highest: Option<Severity>,
+}
+
+/// The whole result of a scan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub schema_version: u32,
+    pub quarry_version: &'static str,
+    pub started: String,
+    pub host: collect::HostInfo,
+    pub cpu: CpuVerdict,
+    pub top: Vec<TopProcess>,
+    pub findings: Vec<Finding>,
+    pub summary: Summary,
+    pub limitations: Vec<String>,
+    pub timing: collect::Timing,
+}
+
+/// Runs a scan.
+pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Report> {
+    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let snap = collect::sample(
+        host,
+        &collect::Options {
+            interval: opts.interval,
+            pool_ports: rules.pool_ports(),
+        },
+    )?;
+    let t = Instant::now();
+    let (cpu, cpu_finding) = detect::cpu::assess(&snap, opts.cpu_threshold);
+    let mut findings = detect::miner::detect(&snap, rules);
+    findings.extend(cpu_finding);
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    let top = top_processes(host, &snap, &findings, opts.top);
+    let summary = Summary {
+        malicious: count_verdict(&findings, "malicious"),
+        suspicious: count_verdict(&findings, "suspicious"),
+        findings: findings.len(),
+        highest: findings.iter().map(|f| f.severity).max(),
+    };
+    let mut timing = snap.timing.clone();
+    timing.detect_us = t.elapsed().as_micros() as u64;
+    timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us;
+    Ok(Report {
+        schema: SCHEMA,
+        schema_version: SCHEMA_VERSION,
+        quarry_version: env!("CARGO_PKG_VERSION"),
+        started,
+        host: snap.host.clone(),
+        cpu,
+        top,
+        findings,
+        summary,
+        limitations: snap.limitations.clone(),
+        timing,
+    })
+}
+
+fn count_verdict(f: &[Finding], v: &str) -> usize {
+    f.iter().filter(|f| f.verdict.as_deref() == Some(v)).count()
+}
+
+fn top_processes(host: &Host, snap: &Snapshot, findings: &[Finding], n: usize) -> Vec<TopProcess> {
+    let mut procs: Vec<&Process> = snap.processes.values().collect();
+    procs.sort_by(|a, b| {
+        b.cpu_percent
+            .total_cmp(&a.cpu_percent)
+            .then(a.pid.cmp(&b.pid))
+    });
+    // Idle processes are noise in a "who is eating the CPU" list.
+    procs
+        .into_iter()
+        .filter(|p| p.cpu_percent > 0.0)
+        .take(n)
+        .map(|p| {
+            let (exe, exe_state) = match &p.exe {
+                Ok(e) if e.memfd => (Some(escape(&e.link)), "memory-only"),
+                Ok(e) if e.deleted => (Some(escape(&e.link)), "deleted"),
+                Ok(e) => (Some(escape(&e.link)), "file"),
+                Err(_) if p.is_kernel_thread() => (None, "kernel-thread"),
+                Err(_) => (None, "unreadable"),
+            };
+            let cgroup = host
+                .read(format!("/proc/{}/cgroup", p.pid))
+                .unwrap_or_default();
+            let (unit, container) = cgroup_context(&cgroup);
+            TopProcess {
+                pid: p.pid,
+                user: p
+                    .uid
+                    .map_or_else(|| "?".into(), |u| escape(snap.users.name(u).as_bytes())),
+                uid: p.uid,
+                cpu_percent: round1(p.cpu_percent),
+                threads: p.stat.num_threads,
+                name: escape(p.name()),
+                exe,
+                exe_state,
+                cmdline: escape_args(&p.cmdline),
+                cwd: host
+                    .read_link(format!("/proc/{}/cwd", p.pid))
+                    .ok()
+                    .map(|c| escape(&c)),
+                age_seconds: snap.age_seconds(p),
+                parents: snap
+                    .ancestors(p.pid)
+                    .into_iter()
+                    .map(|(pid, n)| Parent {
+                        pid,
+                        name: escape(&n),
+                    })
+                    .collect(),
+                unit,
+                container,
+                verdict: findings
+                    .iter()
+                    .find(|f| f.rule == "miner.process" && f.subject.pid == Some(p.pid))
+                    .and_then(|f| f.verdict.clone()),
+            }
+        })
+        .collect()
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// The systemd unit and container of a process, from `/proc/PID/cgroup`.
+///
+/// Uses the v2 line (`0::/path`) or, on v1, the `name=systemd` hierarchy. The
+/// unit is the innermost `*.service` / `*.scope` / `*.slice` component; a
+/// container is recognised from docker, containerd, podman (libpod), LXC and
+/// Kubernetes path conventions.
+pub fn cgroup_context(text: &[u8]) -> (Option<String>, Option<String>) {
+    let text = String::from_utf8_lossy(text);
+    let mut path = None;
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(id), Some(ctl), Some(p)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if id == "0" && ctl.is_empty() && p != "/" {
+            path = Some(p.to_string());
+            break;
+        }
+        if ctl == "name=systemd" {
+            path = Some(p.to_string());
+        }
+    }
+    let Some(path) = path else {
+        return (None, None);
+    };
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let unit = comps
+        .iter()
+        .rev()
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+        .or_else(|| comps.iter().rev().find(|c| c.ends_with(".slice")))
+        .map(|c| escape(c.as_bytes()));
+    let mut container = None;
+    for (i, c) in comps.iter().enumerate() {
+        for (prefix, kind) in [
+            ("docker-", "docker"),
+            ("libpod-", "podman"),
+            ("cri-containerd-", "containerd"),
+        ] {
+            if let Some(id) = c
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix(".scope"))
+            {
+                container = Some(format!("{kind} {}", &id[..id.len().min(12)]));
+            }
+        }
+        if (*c == "docker" || *c == "lxc" || *c == "lxc.payload") && i + 1 < comps.len() {
+            let id = comps[i + 1];
+            container = Some(format!(
+                "{} {}",
+                c.trim_end_matches(".payload"),
+                &id[..id.len().min(12)]
+            ));
+        }
+        if let Some(name) = c.strip_prefix("lxc.payload.") {
+            container = Some(format!("lxc {name}"));
+        }
+        if c.starts_with("kubepods") && container.is_none() {
+            container = Some("kubernetes pod".into());
+        }
+    }
+    (unit, container.map(|c| escape(c.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_units_and_containers() {
+        let (u, c) = cgroup_context(b"0::/system.slice/nginx.service\n");
+        assert_eq!(u.as_deref(), Some("nginx.service"));
+        assert!(c.is_none());
+        let (u, c) = cgroup_context(
+            b"12:pids:/x\n1:name=systemd:/system.slice/docker-0123456789abcdef.scope\n0::/\n",
+        );
+        assert_eq!(u.as_deref(), Some("docker-0123456789abcdef.scope"));
+        assert_eq!(c.as_deref(), Some("docker 0123456789ab"));
+        let (_, c) = cgroup_context(b"0::/lxc.payload.web1/init.scope\n");
+        assert_eq!(c.as_deref(), Some("lxc web1"));
+    }
+}
