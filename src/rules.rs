@@ -264,7 +264,7 @@ impl Rules {
     /// The indicator of `kind` whose value equals `needle` (case-insensitive).
     pub fn find_exact(&self, kind: Kind, needle: &str) -> Option<&Indicator> {
         let n = needle.to_ascii_lowercase();
-        self.of(kind).find(|i| i.values.iter().any(|v| *v == n))
+        self.of(kind).find(|i| i.values.contains(&n))
     }
 
     /// Pool ports, parsed.

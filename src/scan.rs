@@ -99,7 +99,7 @@ pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Re
     let (cpu, cpu_finding) = detect::cpu::assess(&snap, opts.cpu_threshold);
     let mut findings = detect::miner::detect(&snap, rules);
     findings.extend(cpu_finding);
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let top = top_processes(host, &snap, &findings, opts.top);
     let summary = Summary {
         malicious: count_verdict(&findings, "malicious"),

@@ -128,7 +128,7 @@ pub fn signals(snap: &Snapshot, rules: &Rules, p: &Process, conns: &[&net::Socke
             if hit {
                 sig.push(from_indicator(
                     ind,
-                    format!("{what} \"{}\" {}", crate::escape::escape_str(&n), ind.note),
+                    format!("{what} \"{}\": {}", crate::escape::escape_str(&n), ind.note),
                 ));
                 seen_name = true;
                 break;
@@ -288,7 +288,12 @@ pub fn judge(
         }
     }
     let name = escape(p.name());
-    let reasons: Vec<&str> = sig.iter().map(|s| s.id.as_str()).collect();
+    let mut reasons: Vec<&str> = Vec::new();
+    for s in &sig {
+        if !reasons.contains(&s.id.as_str()) {
+            reasons.push(&s.id);
+        }
+    }
     let title = format!(
         "PID {} \"{name}\" is {} ({})",
         p.pid,
@@ -333,7 +338,7 @@ pub fn process_evidence(snap: &Snapshot, p: &Process) -> Vec<Evidence> {
             .find(|i| cmd.is_char_boundary(*i))
             .unwrap_or(0);
         cmd.truncate(cut);
-        cmd.push_str("…");
+        cmd.push('…');
     }
     ev.push(Evidence::new("cmdline", cmd));
     if let Some(uid) = p.uid {

@@ -1,0 +1,90 @@
+/* A stand-in for a cryptominer, used by Quarry's tests: it burns CPU (or
+ * idles), and can rename itself, re-execute itself from a memfd, and connect
+ * to a fake pool on 127.0.0.1. It prints "ready" when set up.
+ *
+ *   burner [--name NAME] [--memfd NAME] [--connect PORT] [--idle] [--fork-storm N] [ignored args...]
+ *
+ * Unknown arguments are ignored, so tests can add miner-looking ones
+ * (stratum URLs, wallets) to the command line.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+extern char **environ;
+
+static int memfd_reexec(const char *name, int argc, char **argv) {
+    int src = open("/proc/self/exe", O_RDONLY);
+    if (src < 0) return -1;
+    int mfd = memfd_create(name, 0);
+    if (mfd < 0) return -1;
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(src, buf, sizeof buf)) > 0)
+        if (write(mfd, buf, n) != n) return -1;
+    close(src);
+    /* Same argv without "--memfd NAME". */
+    char **nargv = calloc(argc + 1, sizeof *nargv);
+    int j = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--memfd") == 0) { i++; continue; }
+        nargv[j++] = argv[i];
+    }
+    nargv[j] = NULL;
+    fexecve(mfd, nargv, environ);
+    return -1;
+}
+
+int main(int argc, char **argv) {
+    const char *name = NULL, *memfd = NULL;
+    int port = 0, idle = 0, storm = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--name") == 0 && i + 1 < argc) name = argv[++i];
+        else if (strcmp(argv[i], "--memfd") == 0 && i + 1 < argc) memfd = argv[++i];
+        else if (strcmp(argv[i], "--connect") == 0 && i + 1 < argc) port = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--idle") == 0) idle = 1;
+        else if (strcmp(argv[i], "--fork-storm") == 0 && i + 1 < argc) storm = atoi(argv[++i]);
+    }
+    if (memfd) {
+        memfd_reexec(memfd, argc, argv);
+        perror("memfd re-exec");
+        return 1;
+    }
+    if (name) prctl(PR_SET_NAME, name, 0, 0, 0);
+    int sock = -1;
+    if (port) {
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        sock = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(sock, (struct sockaddr *)&a, sizeof a) != 0) { perror("connect"); return 1; }
+        const char *hello = "{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n";
+        if (write(sock, hello, strlen(hello)) < 0) { perror("write"); return 1; }
+    }
+    printf("ready %d\n", (int)getpid());
+    fflush(stdout);
+    if (storm) {
+        /* A storm of short-lived processes: fork, exit, reap, forever. */
+        for (;;) {
+            for (int i = 0; i < storm; i++) {
+                pid_t p = fork();
+                if (p == 0) _exit(0);
+            }
+            while (waitpid(-1, NULL, WNOHANG) > 0) {}
+            usleep(1000);
+        }
+    }
+    if (idle) for (;;) pause();
+    volatile unsigned long x = 0;
+    for (;;) x++;
+}

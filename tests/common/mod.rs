@@ -1,0 +1,217 @@
+//! Shared harness for Quarry's scenario tests.
+//!
+//! Scenario tests change the whole machine (they start miners, mount over
+//! /proc, edit /etc): they take [`lock`], a process-wide mutex plus an `flock`
+//! on a file in /tmp, so that neither threads of one test binary nor parallel
+//! test binaries (nextest) see each other's miners. Everything a test creates
+//! is owned by a guard that removes it on `Drop`, also when the test fails.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use serde_json::Value;
+
+pub const QUARRY: &str = env!("CARGO_BIN_EXE_quarry");
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skips the calling test (returning early) unless running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (CI runs the tests as root)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+/// Serialises scenario tests, within and across test binaries.
+pub struct ScenarioLock {
+    _guard: MutexGuard<'static, ()>,
+    _file: File,
+}
+
+pub fn lock() -> ScenarioLock {
+    static M: Mutex<()> = Mutex::new(());
+    let guard = M.lock().unwrap_or_else(|e| e.into_inner());
+    let file = File::create("/tmp/quarry-scenario-tests.lock").expect("lock file");
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    ScenarioLock {
+        _guard: guard,
+        _file: file,
+    }
+}
+
+/// Compiles a C file from tests/c once per test binary and returns the program.
+pub fn compile(name: &str, extra: &[&str]) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("quarry-cc-")
+            .tempdir()
+            .unwrap()
+    });
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{name}.c"));
+    let out = dir.path().join(name);
+    if !out.exists() {
+        let st = Command::new("cc")
+            .args(["-O1", "-Wall", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .args(extra)
+            .status()
+            .expect("cc must be installed to build test programs");
+        assert!(st.success(), "compiling {}", src.display());
+    }
+    out
+}
+
+/// The CPU burner (tests/c/burner.c).
+pub fn burner() -> PathBuf {
+    compile("burner", &[])
+}
+
+/// Removes a path (file or directory tree) on drop.
+pub struct PathGuard(pub PathBuf);
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Copies the burner to `dest` (creating parent directories) and guards it.
+pub fn install_burner(dest: &str) -> PathGuard {
+    let dest = PathBuf::from(dest);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::copy(burner(), &dest).unwrap();
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+    PathGuard(dest)
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ProcGuard {
+    pub child: Child,
+    pub pid: i32,
+}
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a program and waits for its "ready PID" line. The reported PID is
+/// the program's own (it may have re-executed itself).
+pub fn start(mut cmd: Command) -> ProcGuard {
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let pid = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("program did not become ready: {line:?}")
+        });
+    ProcGuard { child, pid }
+}
+
+/// The result of a `quarry scan --format json`.
+pub struct Scan {
+    pub code: i32,
+    pub json: Value,
+    pub stderr: String,
+}
+
+impl Scan {
+    pub fn findings(&self) -> &Vec<Value> {
+        self.json["findings"].as_array().expect("findings array")
+    }
+
+    /// The miner finding for a PID, if any.
+    pub fn miner(&self, pid: i32) -> Option<&Value> {
+        self.findings()
+            .iter()
+            .find(|f| f["rule"] == "miner.process" && f["subject"]["pid"] == pid)
+    }
+
+    /// Signal ids of the miner finding for a PID.
+    pub fn signal_ids(&self, pid: i32) -> Vec<String> {
+        self.miner(pid)
+            .map(|f| {
+                f["signals"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn malicious_pids(&self) -> Vec<i64> {
+        self.findings()
+            .iter()
+            .filter(|f| f["verdict"] == "malicious")
+            .filter_map(|f| f["subject"]["pid"].as_i64())
+            .collect()
+    }
+}
+
+/// Runs `quarry scan --format json` with extra arguments.
+pub fn scan(args: &[&str]) -> Scan {
+    let out = Command::new(QUARRY)
+        .arg("scan")
+        .args(["--format", "json"])
+        .args(args)
+        .output()
+        .expect("run quarry");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "quarry printed no JSON ({e}); stderr: {stderr}; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    Scan {
+        code: out.status.code().unwrap_or(-1),
+        json,
+        stderr,
+    }
+}
+
+/// Runs quarry with arbitrary arguments; returns (exit code, stdout bytes, stderr).
+pub fn quarry(args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = Command::new(QUARRY)
+        .args(args)
+        .output()
+        .expect("run quarry");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
