@@ -149,8 +149,13 @@ measure() {
 mib() { [[ $1 == n/a ]] && echo n/a || awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 ratio() { # ratio A B -> "A/B x"
     [[ $1 == n/a || $2 == n/a ]] && { echo n/a; return; }
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "n/a" }'
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (b <= 0) { print "n/a"; exit }
+        r = a / b
+        if (r < 1) printf "%.3fx", r; else if (r < 100) printf "%.1fx", r; else printf "%.0fx", r
+    }'
 }
+fmt2() { [[ $1 == n/a ]] && echo n/a || awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
 fmt3() { [[ $1 == n/a ]] && echo n/a || awk -v x="$1" 'BEGIN { printf "%.3f", x }'; }
 ms() { [[ $1 == n/a ]] && echo n/a || awk -v u="$1" 'BEGIN { printf "%.1f", u / 1000 }'; }
 
@@ -180,7 +185,7 @@ Q0_WALL=$(median "${walls[@]}")
 Q0_WORK=$(median "${works[@]}")
 Q0_RCS=$(printf '%s\n' "${rcs[@]}" | sort -un | paste -sd, -)
 add_row "quarry scan --interval 0 (median of $RUNS)" "$(fmt3 "$Q0_WALL")" \
-    "$(median "${cpus[@]}")" "$(median "${kbs[@]}")" "$Q0_RCS"
+    "$(fmt2 "$(median "${cpus[@]}")")" "$(median "${kbs[@]}")" "$Q0_RCS"
 
 # ---------------------------------------------------------------- peers
 if [[ $SKIP_SLOW == 1 ]]; then
@@ -310,7 +315,8 @@ report() {
         grep -v '^[[:space:]]*$' "$LOGDIR/rkhunter.err" 2>/dev/null | sed 's/^/stderr: /' | head -n 20 || true
     fi
     echo "== unhide quick"
-    grep -iE -A3 'hidden|found' "$LOGDIR/unhide.out" "$LOGDIR/unhide.err" 2>/dev/null | sed "s|^$LOGDIR/||" | head -n 60 || true
+    cat "$LOGDIR/unhide.out" "$LOGDIR/unhide.err" 2>/dev/null | grep -v '^\[\*\]' |
+        grep -iE -A3 'hidden|found|fake|suspicious' | head -n 60 || true
     echo '```'
 }
 

@@ -35,6 +35,9 @@ pub struct DirEntry {
 #[derive(Debug, Clone)]
 pub struct Host {
     root: PathBuf,
+    /// When set, `/proc/...` paths resolve under this directory instead of
+    /// `ROOT/proc` (used for a private, freshly mounted procfs).
+    proc_dir: Option<PathBuf>,
 }
 
 impl Default for Host {
@@ -46,7 +49,18 @@ impl Default for Host {
 impl Host {
     /// A host rooted at `root` (`/` for the running machine).
     pub fn new(root: impl Into<PathBuf>) -> Host {
-        Host { root: root.into() }
+        Host {
+            root: root.into(),
+            proc_dir: None,
+        }
+    }
+
+    /// A host whose `/proc` is `proc_dir` (everything else as `self`).
+    pub fn with_proc_dir(&self, proc_dir: PathBuf) -> Host {
+        Host {
+            root: self.root.clone(),
+            proc_dir: Some(proc_dir),
+        }
     }
 
     /// The root directory every path is resolved against.
@@ -60,9 +74,19 @@ impl Host {
         self.root == Path::new("/")
     }
 
+    /// True when `/proc` is a private procfs (see [`FreshProc`]).
+    pub fn is_fresh_proc(&self) -> bool {
+        self.proc_dir.is_some()
+    }
+
     /// The real path of `path`, an absolute path on the inspected machine.
     pub fn path(&self, path: impl AsRef<Path>) -> PathBuf {
         let path = path.as_ref();
+        if let Some(dir) = &self.proc_dir {
+            if let Ok(rest) = path.strip_prefix("/proc") {
+                return dir.join(rest);
+            }
+        }
         let rel = path.strip_prefix("/").unwrap_or(path);
         if rel.as_os_str().is_empty() {
             return self.root.clone();
@@ -130,6 +154,61 @@ impl Host {
             .collect();
         pids.sort_unstable();
         Ok(pids)
+    }
+}
+
+/// A private procfs instance, mounted nowhere.
+///
+/// Created with the new mount API (`fsopen("proc")` → `fsmount`), it is a
+/// detached mount that exists only as a file descriptor of Quarry's: no
+/// directory is created, no mount namespace is touched, nothing is left behind
+/// when Quarry exits. Being a new procfs instance, it carries none of the bind
+/// mounts an attacker put over `/proc/PID` in the host's `/proc`. Reads go
+/// through `/proc/self/fd/N/...`. Needs root (CAP_SYS_ADMIN) and Linux ≥ 5.2.
+pub struct FreshProc {
+    _fd: rustix::fd::OwnedFd,
+    host: Host,
+}
+
+impl FreshProc {
+    /// Mounts a private procfs for reading through `host` (live host only).
+    pub fn open(host: &Host) -> io::Result<FreshProc> {
+        use rustix::fd::AsRawFd;
+        use rustix::mount::{
+            fsconfig_create, fsmount, fsopen, FsMountFlags, FsOpenFlags, MountAttrFlags,
+        };
+        if !host.is_live() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "not the live host",
+            ));
+        }
+        let fs = fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC)?;
+        fsconfig_create(&fs)?;
+        let fd = fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_RDONLY
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC
+                | MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV,
+        )?;
+        let dir = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        Ok(FreshProc {
+            host: host.with_proc_dir(dir),
+            _fd: fd,
+        })
+    }
+
+    /// The host view whose `/proc` is the private procfs.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+}
+
+impl std::fmt::Debug for FreshProc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FreshProc")
     }
 }
 
@@ -215,5 +294,75 @@ mod tests {
     fn lists_proc_with_getdents() {
         let pids = Host::default().list_pids("/proc").unwrap();
         assert!(pids.contains(&(std::process::id() as i32)));
+    }
+}
+
+/// Ownership, mode and inode attributes of a file, as evidence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FileMeta {
+    pub exists: bool,
+    pub uid: Option<u32>,
+    /// Permission bits, octal.
+    pub mode: Option<String>,
+    pub size: Option<u64>,
+    /// `chattr +i`: cannot be changed, deleted or renamed, even by root.
+    pub immutable: bool,
+    /// `chattr +a`: can only be appended to.
+    pub append_only: bool,
+}
+
+impl FileMeta {
+    /// A short human description: `owner 0, mode 644, 1234 bytes, immutable`.
+    pub fn describe(&self) -> String {
+        if !self.exists {
+            return "does not exist".into();
+        }
+        let mut parts = Vec::new();
+        if let Some(u) = self.uid {
+            parts.push(format!("owner uid {u}"));
+        }
+        if let Some(m) = &self.mode {
+            parts.push(format!("mode {m}"));
+        }
+        if let Some(s) = self.size {
+            parts.push(format!("{s} bytes"));
+        }
+        if self.immutable {
+            parts.push("IMMUTABLE (chattr +i)".into());
+        }
+        if self.append_only {
+            parts.push("APPEND-ONLY (chattr +a)".into());
+        }
+        parts.join(", ")
+    }
+}
+
+impl Host {
+    /// Owner, mode, size and the immutable/append-only attributes (read with
+    /// the `FS_IOC_GETFLAGS` ioctl, as `lsattr` does) of a file.
+    pub fn file_meta(&self, path: impl AsRef<Path>) -> FileMeta {
+        let p = self.path(path);
+        let Ok(st) = rustix::fs::stat(&p) else {
+            return FileMeta::default();
+        };
+        let mut m = FileMeta {
+            exists: true,
+            uid: Some(st.st_uid),
+            mode: Some(format!("{:o}", st.st_mode & 0o7777)),
+            size: Some(st.st_size as u64),
+            ..FileMeta::default()
+        };
+        let is_reg = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if is_reg || is_dir {
+            let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+            if let Ok(fd) = rustix::fs::open(&p, flags, Mode::empty()) {
+                if let Ok(f) = rustix::fs::ioctl_getflags(&fd) {
+                    m.immutable = f.contains(rustix::fs::IFlags::IMMUTABLE);
+                    m.append_only = f.contains(rustix::fs::IFlags::APPEND);
+                }
+            }
+        }
+        m
     }
 }

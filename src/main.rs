@@ -58,6 +58,9 @@ struct ScanArgs {
     /// Exit 1 when a finding at or above this severity is found.
     #[arg(long, default_value = "high")]
     fail_on: Severity,
+    /// Run only these checks (comma-separated): cpu, miner, hidden, preload.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<scan::Check>,
     /// Extra rules files (TOML, docs/RULES.md), added to the built-in rules.
     #[arg(long = "rules", value_name = "FILE")]
     rules: Vec<PathBuf>,
@@ -113,6 +116,11 @@ fn cmd_scan(a: ScanArgs) -> anyhow::Result<u8> {
         interval: Duration::from_secs_f64(a.interval),
         cpu_threshold: a.cpu_threshold,
         top: a.top,
+        checks: if a.only.is_empty() {
+            scan::Check::ALL.to_vec()
+        } else {
+            a.only.clone()
+        },
     };
     let report = scan::run(&host, &rules, &opts)?;
     let stdout = std::io::stdout();

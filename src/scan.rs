@@ -7,8 +7,26 @@ use serde::Serialize;
 use crate::collect::{self, process::Process, Snapshot};
 use crate::detect::{self, cpu::CpuVerdict, Finding, Severity};
 use crate::escape::{escape, escape_args};
-use crate::host::Host;
+use crate::host::{FreshProc, Host};
 use crate::rules::Rules;
+
+/// The checks a scan can run (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    /// Machine CPU verdict.
+    Cpu,
+    /// Miner verdicts per process.
+    Miner,
+    /// Cross-view census: hidden processes and unexplained CPU.
+    Hidden,
+    /// Userland rootkits: ld.so.preload, LD_PRELOAD.
+    Preload,
+}
+
+impl Check {
+    pub const ALL: [Check; 4] = [Check::Cpu, Check::Miner, Check::Hidden, Check::Preload];
+}
 
 /// Options of a scan.
 #[derive(Debug, Clone)]
@@ -16,6 +34,8 @@ pub struct ScanOptions {
     pub interval: Duration,
     pub cpu_threshold: f64,
     pub top: usize,
+    /// Checks to run (all by default).
+    pub checks: Vec<Check>,
 }
 
 impl Default for ScanOptions {
@@ -24,8 +44,24 @@ impl Default for ScanOptions {
             interval: Duration::from_secs(1),
             cpu_threshold: 70.0,
             top: 10,
+            checks: Check::ALL.to_vec(),
         }
     }
+}
+
+/// What the cross-view census saw (for the report).
+#[derive(Debug, Clone, Serialize)]
+pub struct CensusSummary {
+    pub pid_max: i32,
+    pub listed_processes: usize,
+    pub threads: usize,
+    pub cgroup_hierarchies: Vec<String>,
+    pub probed: bool,
+    pub probe_answers: usize,
+    pub private_procfs: bool,
+    pub hidden: usize,
+    pub probe_ms: f64,
+    pub census_ms: f64,
 }
 
 /// The JSON schema name and version (docs/JSON-SCHEMA.md).
@@ -81,6 +117,10 @@ pub struct Report {
     pub top: Vec<TopProcess>,
     pub findings: Vec<Finding>,
     pub summary: Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub census: Option<CensusSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_accounting: Option<detect::hidden::CpuAccounting>,
     pub limitations: Vec<String>,
     pub timing: collect::Timing,
 }
@@ -88,17 +128,92 @@ pub struct Report {
 /// Runs a scan.
 pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Report> {
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let snap = collect::sample(
-        host,
-        &collect::Options {
-            interval: opts.interval,
-            pool_ports: rules.pool_ports(),
-        },
-    )?;
+    let on = |c: Check| opts.checks.contains(&c);
+    let mut limitations = Vec::new();
+    // A private procfs sees through mounts over /proc/PID (root only).
+    let fresh = if host.is_live() {
+        match FreshProc::open(host) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                limitations.push(format!(
+                    "could not mount a private procfs ({e}): a process whose /proc/PID is covered by a mount can be detected but not read"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let collect_opts = collect::Options {
+        interval: opts.interval,
+        pool_ports: rules.pool_ports(),
+        fresh: fresh.as_ref().map(|f| f.host().clone()),
+    };
+    let snap = collect::sample(host, &collect_opts)?;
     let t = Instant::now();
     let (cpu, cpu_finding) = detect::cpu::assess(&snap, opts.cpu_threshold);
-    let mut findings = detect::miner::detect(&snap, rules);
-    findings.extend(cpu_finding);
+    let mut findings = Vec::new();
+    let mut census_summary = None;
+    let mut cpu_accounting = None;
+    let mut hidden_pids = Vec::new();
+    if on(Check::Hidden) {
+        let fresh_host = fresh.as_ref().map(|f| f.host());
+        let census = collect::census::take(host, fresh_host);
+        let hidden = detect::hidden::find(host, fresh_host, &census, &snap);
+        hidden_pids = hidden.iter().map(|h| h.pid).collect();
+        findings.extend(detect::hidden::findings(&hidden, &snap, rules));
+        let acc = detect::hidden::account(&snap);
+        if acc.is_large() {
+            // Confirm on a second, shorter sample before raising anything.
+            let mut o = collect_opts.clone();
+            o.interval = opts
+                .interval
+                .clamp(Duration::from_millis(500), Duration::from_secs(1));
+            if let Ok(snap2) = collect::sample(host, &o) {
+                let acc2 = detect::hidden::account(&snap2);
+                findings.extend(detect::hidden::cpu_finding(&acc, &acc2));
+            }
+        }
+        if !census.probed {
+            limitations.push(
+                "system-call probes of the PID space were skipped (offline root): hidden processes are found only from cgroup and children lists".into(),
+            );
+        }
+        census_summary = Some(CensusSummary {
+            pid_max: census.pid_max,
+            listed_processes: census.listed.len(),
+            threads: census.tasks.len(),
+            cgroup_hierarchies: census.cgroup_roots.clone(),
+            probed: census.probed,
+            probe_answers: census.probe_kill.len(),
+            private_procfs: fresh.is_some(),
+            hidden: hidden.len(),
+            probe_ms: census.probe_time.as_secs_f64() * 1e3,
+            census_ms: census.total_time.as_secs_f64() * 1e3,
+        });
+        cpu_accounting = Some(acc);
+    }
+    if on(Check::Preload) {
+        let pids: Vec<i32> = snap.processes.keys().copied().collect();
+        let pre = collect::preload::collect(host, &pids);
+        if pre.env_unreadable > 0 && host.is_live() && snap.host.euid != 0 {
+            limitations.push(format!(
+                "the environments of {} processes could not be read (LD_PRELOAD checks are partial)",
+                pre.env_unreadable
+            ));
+        }
+        findings.extend(detect::preload::findings(&pre, &snap, rules));
+    }
+    if on(Check::Miner) {
+        findings.extend(
+            detect::miner::detect(&snap, rules)
+                .into_iter()
+                .filter(|f| !f.subject.pid.is_some_and(|p| hidden_pids.contains(&p))),
+        );
+    }
+    if on(Check::Cpu) {
+        findings.extend(cpu_finding);
+    }
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let top = top_processes(host, &snap, &findings, opts.top);
     let summary = Summary {
@@ -120,7 +235,14 @@ pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Re
         top,
         findings,
         summary,
-        limitations: snap.limitations.clone(),
+        census: census_summary,
+        cpu_accounting,
+        limitations: snap
+            .limitations
+            .iter()
+            .cloned()
+            .chain(limitations)
+            .collect(),
         timing,
     })
 }
@@ -182,7 +304,7 @@ fn top_processes(host: &Host, snap: &Snapshot, findings: &[Finding], n: usize) -
                 container,
                 verdict: findings
                     .iter()
-                    .find(|f| f.rule == "miner.process" && f.subject.pid == Some(p.pid))
+                    .find(|f| f.verdict.is_some() && f.subject.pid == Some(p.pid))
                     .and_then(|f| f.verdict.clone()),
             }
         })

@@ -40,6 +40,8 @@ pub struct StatSnapshot {
     pub per_cpu: Vec<CpuTimes>,
     /// Boot time, seconds since the epoch (`btime`).
     pub boot_time: u64,
+    /// Processes and threads created since boot (`processes`).
+    pub forks: u64,
 }
 
 /// Reads `/proc/stat`.
@@ -55,6 +57,8 @@ pub fn parse_stat(text: &str) -> StatSnapshot {
         let Some(key) = it.next() else { continue };
         if key == "btime" {
             snap.boot_time = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        } else if key == "processes" {
+            snap.forks = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
         } else if let Some(rest) = key.strip_prefix("cpu") {
             let v: Vec<u64> = it.map(|x| x.parse().unwrap_or(0)).collect();
             let g = |i: usize| v.get(i).copied().unwrap_or(0);
@@ -85,6 +89,41 @@ pub fn busy_percent(a: &CpuTimes, b: &CpuTimes) -> f64 {
         return 0.0;
     }
     100.0 * b.busy().saturating_sub(a.busy()) as f64 / total as f64
+}
+
+/// CPU time used by every task on the machine, from the root cgroup
+/// (nanoseconds): cgroup v1 `cpuacct.usage`, or cgroup v2 `cpu.stat`
+/// `usage_usec` at the root of the hierarchy. A third, independent count to
+/// compare with `/proc/stat`.
+pub fn root_cgroup_usage_ns(host: &Host) -> Option<(u64, String)> {
+    let mounts = super::mounts::read(host, "self");
+    for m in &mounts {
+        if m.fs_type == "cgroup" && m.super_options.split(',').any(|o| o == "cpuacct") {
+            let path = format!("{}/cpuacct.usage", String::from_utf8_lossy(&m.mount_point));
+            if let Some(v) = host
+                .read_text(&path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                return Some((v, path));
+            }
+        }
+    }
+    for m in &mounts {
+        if m.fs_type == "cgroup2" {
+            let path = format!("{}/cpu.stat", String::from_utf8_lossy(&m.mount_point));
+            if let Ok(text) = host.read_text(&path) {
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("usage_usec ") {
+                        if let Ok(us) = v.trim().parse::<u64>() {
+                            return Some((us * 1000, path));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 //! every `/proc/PID/stat`) and a full one (adds command lines, executables,
 //! owners, sockets). CPU shares are the differences between the two.
 
+pub mod census;
 pub mod cpu;
+pub mod mounts;
 pub mod net;
+pub mod preload;
 pub mod process;
 pub mod users;
 
@@ -62,6 +65,8 @@ pub struct Snapshot {
     /// Socket inode → owning PIDs (only for the sockets detection asked about).
     pub socket_owners: HashMap<u64, Vec<i32>>,
     pub users: Users,
+    /// Root cgroup CPU usage (ns) at both readings, and the file it came from.
+    pub cgroup_usage: Option<(u64, u64, String)>,
     /// Things Quarry could not see, in plain words.
     pub limitations: Vec<String>,
     pub timing: Timing,
@@ -73,6 +78,9 @@ pub struct Options {
     pub interval: Duration,
     /// Remote ports whose established connections need an owner.
     pub pool_ports: HashSet<u16>,
+    /// A view of the host through a private procfs ([`crate::host::FreshProc`]):
+    /// used for a listed PID whose `/proc/PID` cannot be read (covered by a mount).
+    pub fresh: Option<Host>,
 }
 
 fn us(d: Duration) -> u64 {
@@ -82,10 +90,19 @@ fn us(d: Duration) -> u64 {
 /// Reads the machine twice, `interval` apart.
 pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
     let t0 = Instant::now();
+    let cg0 = cpu::root_cgroup_usage_ns(host);
     let stat0 = cpu::read_stat(host)?;
     let s0 = Instant::now();
     let pids0 = host.list_pids("/proc")?;
-    let first = process::read_all_stats(host, &pids0);
+    let mut first = process::read_all_stats(host, &pids0);
+    if let Some(fresh) = &opts.fresh {
+        let missing: Vec<i32> = pids0
+            .iter()
+            .copied()
+            .filter(|p| !first.contains_key(p))
+            .collect();
+        first.extend(process::read_all_stats(fresh, &missing));
+    }
     let first_pass = t0.elapsed();
 
     std::thread::sleep(opts.interval);
@@ -93,6 +110,11 @@ pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
     let t1 = Instant::now();
     let stat1 = cpu::read_stat(host)?;
     let elapsed = s0.elapsed();
+    let cg1 = cpu::root_cgroup_usage_ns(host);
+    let cgroup_usage = match (cg0, cg1) {
+        (Some((a, f)), Some((b, _))) => Some((a, b, f)),
+        _ => None,
+    };
     let pids1 = host.list_pids("/proc")?;
     let ticks = rustix::param::clock_ticks_per_second().max(1);
     let elapsed_ticks = (elapsed.as_secs_f64() * ticks as f64).max(1.0);
@@ -161,6 +183,7 @@ pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
         sockets,
         socket_owners,
         users,
+        cgroup_usage,
         limitations,
         timing: Timing {
             first_pass_us: us(first_pass),

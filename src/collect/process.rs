@@ -191,6 +191,9 @@ pub struct Process {
     pub cpu_percent: f64,
     /// CPU ticks used during the interval.
     pub cpu_ticks_in_interval: u64,
+    /// Read through a private procfs because the host's `/proc/PID` could not
+    /// be read (something is mounted over it, or it is hidden from listings).
+    pub recovered: bool,
 }
 
 impl Process {
@@ -221,6 +224,7 @@ impl Process {
             exe,
             cpu_percent: 0.0,
             cpu_ticks_in_interval: 0,
+            recovered: false,
         })
     }
 

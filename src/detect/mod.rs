@@ -2,7 +2,9 @@
 //! severity, evidence and a MITRE ATT&CK technique.
 
 pub mod cpu;
+pub mod hidden;
 pub mod miner;
+pub mod preload;
 
 use std::fmt;
 use std::str::FromStr;
@@ -88,6 +90,7 @@ pub fn technique_name(id: &str) -> &'static str {
         "T1547.006" => "Kernel Modules and Extensions",
         "T1574.006" => "Dynamic Linker Hijacking",
         "T1564" => "Hide Artifacts",
+        "T1222.002" => "Linux File and Directory Permissions Modification",
         "T1053.003" => "Scheduled Task/Job: Cron",
         "T1543.002" => "Create or Modify System Process: Systemd Service",
         _ => "",

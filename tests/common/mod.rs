@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 
@@ -57,18 +57,14 @@ pub fn lock() -> ScenarioLock {
 
 /// Compiles a C file from tests/c once per test binary and returns the program.
 pub fn compile(name: &str, extra: &[&str]) -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("quarry-cc-")
-            .tempdir()
-            .unwrap()
-    });
+    // Built under target/tmp (CARGO_TARGET_TMPDIR): nothing is left in /tmp.
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/c")
         .join(format!("{name}.c"));
-    let out = dir.path().join(name);
-    if !out.exists() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("quarry-test-{name}"));
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let st = Command::new("cc")
             .args(["-O1", "-Wall", "-o"])
             .arg(&out)
@@ -77,6 +73,7 @@ pub fn compile(name: &str, extra: &[&str]) -> PathBuf {
             .status()
             .expect("cc must be installed to build test programs");
         assert!(st.success(), "compiling {}", src.display());
+        built.push(name.to_string());
     }
     out
 }

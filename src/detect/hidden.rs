@@ -1,0 +1,438 @@
+//! Hidden processes and CPU time nobody accounts for.
+//!
+//! A PID is *hidden* when an independent view sees it (a system-call probe, a
+//! cgroup list, a parent's children list, a private procfs) but neither the
+//! `/proc` listing nor any listed process's threads account for it — or when
+//! it is listed but `/proc/PID` cannot be read because something is mounted
+//! over it. Before reporting, each candidate is re-checked: a PID that exited
+//! meanwhile, or that belongs to a process born during the census, is a race,
+//! not hiding.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::{miner, Evidence, Finding, Severity, Signal, Subject, Technique};
+use crate::collect::census::{self, Census};
+use crate::collect::process::Process;
+use crate::collect::Snapshot;
+use crate::escape::escape;
+use crate::host::Host;
+use crate::rules::Rules;
+
+/// Unexplained CPU (percent of all CPUs) at which `hidden.cpu` is raised, if a
+/// second sample confirms it. Clean machines measured here stay within ±1 %.
+pub const UNEXPLAINED_ALERT_PERCENT: f64 = 10.0;
+
+/// CPU time per process creation that no task's counters keep: the end of
+/// `exit()` after the final accounting a parent collects. Measured here: a
+/// storm of 10,000 fork+exit per second left 12 % of two CPUs unexplained,
+/// about 24 µs each; 30 µs is used so that storms never raise `hidden.cpu`.
+pub const EXIT_OVERHEAD_SECONDS: f64 = 30e-6;
+
+/// A hidden process, with what each view said.
+#[derive(Debug, Clone)]
+pub struct Hidden {
+    pub pid: i32,
+    /// Views that saw it.
+    pub seen_by: Vec<String>,
+    /// Views that did not.
+    pub missed_by: Vec<String>,
+    /// Thread IDs of it that answered probes.
+    pub threads: Vec<i32>,
+    /// What could be read of it, and how.
+    pub process: Option<Process>,
+    pub read_via: &'static str,
+    pub notes: Vec<Evidence>,
+}
+
+/// Finds hidden processes. `fresh` is a private procfs view (if mounted).
+pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot) -> Vec<Hidden> {
+    let mut out = Vec::new();
+    let live = host.is_live();
+    let relisted: BTreeSet<i32> = host
+        .list_pids("/proc")
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+
+    // 1. PIDs that some view sees but no listing accounts for.
+    let mut by_tgid: BTreeMap<i32, (BTreeSet<&'static str>, Vec<i32>)> = BTreeMap::new();
+    for (pid, views) in census.unaccounted() {
+        if relisted.contains(&pid) {
+            continue; // born during the census: listed now
+        }
+        if live && !census::kill_probe(pid) && !census::getpgid_probe(pid) {
+            continue; // exited meanwhile
+        }
+        let tgid = read_tgid(host, pid)
+            .or_else(|| fresh.and_then(|f| read_tgid(f, pid)))
+            .unwrap_or(pid);
+        if tgid != pid && (relisted.contains(&tgid) || census.listed.contains(&tgid)) {
+            continue; // a thread created after its (visible) process's task list was read
+        }
+        if live && !relisted.is_empty() && views.iter().all(|v| *v == "proc-mount") {
+            continue; // a mount point named like a PID that does not exist
+        }
+        let e = by_tgid.entry(tgid).or_default();
+        e.0.extend(views);
+        e.1.push(pid);
+    }
+    for (tgid, (views, ids)) in by_tgid {
+        let mut seen: Vec<String> = views.iter().map(|v| v.to_string()).collect();
+        let mut missed = vec!["/proc listing (ps, top)".to_string()];
+        if live {
+            for (name, ok) in [
+                ("getsid", census::getsid_probe(tgid)),
+                ("sched_getaffinity", census::affinity_probe(tgid)),
+            ] {
+                if ok {
+                    seen.push(name.into());
+                } else {
+                    missed.push(name.into());
+                }
+            }
+        }
+        let direct = Process::read(host, tgid);
+        let (process, read_via) = match direct {
+            Some(p) => {
+                seen.push("direct /proc/PID/stat".into());
+                (
+                    Some(p),
+                    "direct open of /proc/PID (not listed, but readable)",
+                )
+            }
+            None => {
+                missed.push("direct /proc/PID/stat".into());
+                match fresh.and_then(|f| Process::read(f, tgid)) {
+                    Some(mut p) => {
+                        p.recovered = true;
+                        (Some(p), "a private procfs mounted by Quarry")
+                    }
+                    None => (None, "nothing could be read"),
+                }
+            }
+        };
+        let mut notes = Vec::new();
+        if let Some(parent) = census.children.get(&tgid) {
+            notes.push(Evidence::new(
+                "children",
+                format!("listed in /proc/{parent}/task/*/children"),
+            ));
+        }
+        if let Some(path) = census.cgroup.get(&tgid) {
+            notes.push(Evidence::new(
+                "cgroup",
+                format!("listed in {}", escape(path.as_bytes())),
+            ));
+        }
+        let threads: Vec<i32> = ids.into_iter().filter(|i| *i != tgid).collect();
+        out.push(Hidden {
+            pid: tgid,
+            seen_by: seen,
+            missed_by: missed,
+            threads,
+            process,
+            read_via,
+            notes,
+        });
+    }
+
+    // 2. Listed PIDs whose /proc/PID is covered by a mount.
+    let covered: BTreeSet<i32> = census
+        .proc_mounts
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(
+            snap.processes
+                .values()
+                .filter(|p| p.recovered)
+                .map(|p| p.pid),
+        )
+        .filter(|p| census.listed.contains(p))
+        .collect();
+    for pid in covered {
+        if live && !census::kill_probe(pid) {
+            continue;
+        }
+        let process = snap
+            .processes
+            .get(&pid)
+            .filter(|p| p.recovered)
+            .cloned()
+            .or_else(|| {
+                let mut p = Process::read(fresh?, pid)?;
+                p.recovered = true;
+                Some(p)
+            });
+        let host_readable = Process::read(host, pid).is_some();
+        if host_readable && process.as_ref().is_none_or(|p| !p.recovered) {
+            continue; // a mount below /proc/PID that hides nothing
+        }
+        let mut notes: Vec<Evidence> = census
+            .proc_mounts
+            .iter()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, m)| Evidence::new("mountinfo", escape(m.line.as_bytes())))
+            .collect();
+        notes.push(Evidence::new(
+            "check by hand",
+            format!("grep ' /proc/{pid} ' /proc/self/mountinfo; ls /proc/{pid} (empty or foreign)"),
+        ));
+        let mut seen = vec!["/proc listing".to_string(), "kill".into()];
+        if census
+            .fresh_listed
+            .as_ref()
+            .is_some_and(|f| f.contains(&pid))
+        {
+            seen.push("fresh-procfs".into());
+        }
+        out.push(Hidden {
+            pid,
+            seen_by: seen,
+            missed_by: vec!["/proc/PID contents (ps, top read /proc/PID/stat)".into()],
+            threads: vec![],
+            read_via: if process.is_some() {
+                "a private procfs mounted by Quarry"
+            } else {
+                "nothing could be read"
+            },
+            process,
+            notes,
+        });
+    }
+    out
+}
+
+fn read_tgid(host: &Host, pid: i32) -> Option<i32> {
+    let text = host.read_text(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Turns hidden processes into findings, judging each recovered process with
+/// the miner signals too.
+pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
+    hidden
+        .iter()
+        .map(|h| {
+            let mut signals = vec![Signal {
+                id: "hidden-process".into(),
+                weight: miner::MALICIOUS,
+                detail: format!(
+                    "seen by {}; missed by {}",
+                    h.seen_by.join(", "),
+                    h.missed_by.join(", ")
+                ),
+                technique: Technique::new("T1014"),
+                source: None,
+            }];
+            let mut evidence = vec![
+                Evidence::new("pid", h.pid.to_string()),
+                Evidence::new("seen by", h.seen_by.join(", ")),
+                Evidence::new("missed by", h.missed_by.join(", ")),
+                Evidence::new("read via", h.read_via),
+            ];
+            if !h.threads.is_empty() {
+                let t: Vec<String> = h.threads.iter().map(i32::to_string).collect();
+                evidence.push(Evidence::new("threads", t.join(" ")));
+            }
+            evidence.extend(h.notes.iter().cloned());
+            let mut name = None;
+            let mut path = None;
+            if let Some(p) = &h.process {
+                let mut p = p.clone();
+                if p.cpu_percent == 0.0 && !snap.processes.contains_key(&p.pid) {
+                    p.cpu_percent = lifetime_cpu(snap, &p);
+                    evidence.push(Evidence::new(
+                        "cpu",
+                        format!(
+                            "{:.1}% of one CPU on average since it started",
+                            p.cpu_percent
+                        ),
+                    ));
+                }
+                signals.extend(miner::signals(snap, rules, &p, &[]));
+                evidence.extend(
+                    miner::process_evidence(snap, &p)
+                        .into_iter()
+                        .filter(|e| e.key != "pid"),
+                );
+                name = Some(escape(p.name()));
+                path = p.exe.as_ref().ok().map(|e| escape(&e.link));
+            }
+            let score = signals.iter().map(|s| s.weight).sum();
+            let mut techniques: Vec<Technique> = Vec::new();
+            for s in &signals {
+                if !techniques.contains(&s.technique) {
+                    techniques.push(s.technique.clone());
+                }
+            }
+            Finding {
+                rule: "hidden.process".into(),
+                severity: Severity::Critical,
+                verdict: Some("malicious".into()),
+                title: format!(
+                    "PID {} {}is hidden from ps and top (seen by {})",
+                    h.pid,
+                    name.as_ref().map_or(String::new(), |n| format!("\"{n}\" ")),
+                    h.seen_by.join(", ")
+                ),
+                subject: Subject {
+                    pid: Some(h.pid),
+                    name,
+                    path,
+                },
+                techniques,
+                signals,
+                score: Some(score),
+                evidence,
+            }
+        })
+        .collect()
+}
+
+/// Average CPU share of one CPU since the process started.
+fn lifetime_cpu(snap: &Snapshot, p: &Process) -> f64 {
+    let ticks = snap.ticks_per_second as f64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let started = snap.stat1.boot_time as f64 + p.stat.starttime as f64 / ticks;
+    let age = (now - started).max(0.1);
+    100.0 * (p.stat.cpu_ticks() as f64 / ticks) / age
+}
+
+/// CPU accounting over the interval: `/proc/stat` against the processes.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuAccounting {
+    pub interval_seconds: f64,
+    /// Task time (user+nice+system) from /proc/stat, % of all CPUs.
+    pub kernel_busy_percent: f64,
+    /// Time of visible processes (threads, and children reaped meanwhile), %.
+    pub visible_percent: f64,
+    /// Time of processes Quarry recovered through a private procfs, %.
+    pub recovered_percent: f64,
+    /// kernel − visible − recovered, %.
+    pub unexplained_percent: f64,
+    /// Root cgroup usage over the interval, % of all CPUs, and its file.
+    pub cgroup_percent: Option<f64>,
+    pub cgroup_file: Option<String>,
+    /// Processes and threads created per second during the interval.
+    pub forks_per_second: f64,
+    /// Unexplained share tolerated before alerting, % of all CPUs: the base
+    /// threshold plus the expected exit overhead of the forks seen.
+    pub alert_percent: f64,
+}
+
+impl CpuAccounting {
+    /// True when the unexplained share exceeds what races and exits explain.
+    pub fn is_large(&self) -> bool {
+        self.unexplained_percent >= self.alert_percent
+    }
+}
+
+/// Compares `/proc/stat` with the sum over processes.
+///
+/// Per process: utime+stime deltas (all threads), plus cutime+cstime deltas
+/// (children reaped during the interval move their time into the parent),
+/// minus what exited processes had already used before the interval (it is in
+/// that delta too). Interrupt time (irq, softirq, steal) is left out of the
+/// kernel side: no task is charged for it.
+pub fn account(snap: &Snapshot) -> CpuAccounting {
+    let a = &snap.stat0.total;
+    let b = &snap.stat1.total;
+    let task = |t: &crate::collect::cpu::CpuTimes| t.user + t.nice + t.system;
+    let kernel = task(b).saturating_sub(task(a)) as f64;
+    let total = b.total().saturating_sub(a.total()).max(1) as f64;
+    let (mut visible, mut recovered) = (0i64, 0i64);
+    for p in snap.processes.values() {
+        let used = match snap.first.get(&p.pid) {
+            Some(s0) if s0.starttime == p.stat.starttime => {
+                (p.stat.cpu_ticks() + p.stat.child_ticks()) as i64
+                    - (s0.cpu_ticks() + s0.child_ticks()) as i64
+            }
+            _ => (p.stat.cpu_ticks() + p.stat.child_ticks()) as i64,
+        };
+        if p.recovered {
+            recovered += used;
+        } else {
+            visible += used;
+        }
+    }
+    // Exited during the interval: their earlier time reappears in a parent's
+    // cutime/cstime, so it must not count as used now.
+    for (pid, s0) in &snap.first {
+        if !snap.processes.contains_key(pid) {
+            visible -= (s0.cpu_ticks() + s0.child_ticks()) as i64;
+        }
+    }
+    let pct = |x: f64| 100.0 * x / total;
+    let visible = pct(visible.max(0) as f64);
+    let recovered = pct(recovered.max(0) as f64);
+    let kernel_pct = pct(kernel);
+    let cgroup_percent = snap.cgroup_usage.as_ref().map(|(u0, u1, _)| {
+        let secs = snap.elapsed.as_secs_f64().max(1e-3) * snap.host.cpus.max(1) as f64;
+        100.0 * (u1.saturating_sub(*u0) as f64 / 1e9) / secs
+    });
+    let secs = snap.elapsed.as_secs_f64().max(1e-3);
+    let forks_per_second = snap.stat1.forks.saturating_sub(snap.stat0.forks) as f64 / secs;
+    let cpus = snap.host.cpus.max(1) as f64;
+    CpuAccounting {
+        forks_per_second,
+        alert_percent: UNEXPLAINED_ALERT_PERCENT
+            + 100.0 * forks_per_second * EXIT_OVERHEAD_SECONDS / cpus,
+        interval_seconds: snap.elapsed.as_secs_f64(),
+        kernel_busy_percent: kernel_pct,
+        visible_percent: visible,
+        recovered_percent: recovered,
+        unexplained_percent: kernel_pct - visible - recovered,
+        cgroup_percent,
+        cgroup_file: snap.cgroup_usage.as_ref().map(|(_, _, f)| f.clone()),
+    }
+}
+
+/// The `hidden.cpu` finding, when two samples agree that a large share of CPU
+/// time belongs to no visible process.
+pub fn cpu_finding(first: &CpuAccounting, second: &CpuAccounting) -> Option<Finding> {
+    if !first.is_large() || !second.is_large() {
+        return None;
+    }
+    let describe = |a: &CpuAccounting| {
+        format!(
+            "/proc/stat task time {:.1}%, visible processes {:.1}%, recovered hidden {:.1}%, unexplained {:.1}% of all CPUs over {:.2} s (alert at {:.1}% with {:.0} forks/s){}",
+            a.kernel_busy_percent,
+            a.visible_percent,
+            a.recovered_percent,
+            a.unexplained_percent,
+            a.interval_seconds,
+            a.alert_percent,
+            a.forks_per_second,
+            a.cgroup_percent
+                .map_or(String::new(), |c| format!("; root cgroup {c:.1}%"))
+        )
+    };
+    Some(Finding {
+        rule: "hidden.cpu".into(),
+        severity: Severity::High,
+        verdict: None,
+        title: format!(
+            "{:.0}% of all CPU time is used by no visible process: something is hiding (a kernel rootkit hides its miner this way)",
+            second.unexplained_percent.min(first.unexplained_percent)
+        ),
+        subject: Subject::default(),
+        techniques: vec![Technique::new("T1014"), Technique::new("T1496")],
+        signals: vec![],
+        score: None,
+        evidence: vec![
+            Evidence::new("first sample", describe(first)),
+            Evidence::new("second sample", describe(second)),
+            Evidence::new(
+                "check by hand",
+                "compare the busy columns of /proc/stat over a few seconds with the sum of top's %CPU",
+            ),
+        ],
+    })
+}

@@ -1,0 +1,277 @@
+//! Issue 3 scenarios: processes hidden by a bind mount over /proc/PID and by
+//! an ld.so.preload readdir hider; a storm of short-lived processes gives no
+//! false "hidden" report; fixture trees cover views this machine cannot fake.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// PIDs that `ps` (dynamically linked, like an administrator's) lists.
+fn ps_pids() -> Vec<i32> {
+    let out = Command::new("ps")
+        .args(["-e", "-o", "pid="])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// A bind mount over /proc/PID, lazily unmounted on drop.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+fn bind(src: &Path, dst: &Path) -> MountGuard {
+    rustix::mount::mount_bind(src, dst).expect("bind mount");
+    MountGuard(dst.to_path_buf())
+}
+
+#[test]
+fn bind_mount_over_proc_pid_is_seen_through() {
+    require_root!();
+    let _l = lock();
+    let _f = install_burner("/tmp/quarry-bindhidden");
+    let m = start(Command::new("/tmp/quarry-bindhidden"));
+    let empty = tempfile::tempdir().unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{}", m.pid));
+    let _mount = bind(empty.path(), &proc_dir);
+    assert!(
+        !ps_pids().contains(&m.pid),
+        "ps still shows the hidden PID: the trick failed"
+    );
+
+    let s = scan(&[]);
+    let f = s
+        .findings()
+        .iter()
+        .find(|f| f["rule"] == "hidden.process" && f["subject"]["pid"] == m.pid)
+        .unwrap_or_else(|| panic!("not reported hidden: {:#}", s.json["findings"]));
+    assert_eq!(f["severity"], "critical");
+    assert_eq!(f["subject"]["name"], "quarry-bindhidd");
+    assert_eq!(f["subject"]["path"], "/tmp/quarry-bindhidden");
+    let ev = f["evidence"].to_string();
+    assert!(
+        ev.contains(&format!("/proc/{}", m.pid)),
+        "no mountinfo evidence: {ev}"
+    );
+    assert!(ev.contains("private procfs"), "{ev}");
+    // Its CPU is attributed to it (recovered) or shows as unexplained.
+    let acc = &s.json["cpu_accounting"];
+    let recovered = acc["recovered_percent"].as_f64().unwrap();
+    let unexplained = acc["unexplained_percent"].as_f64().unwrap();
+    assert!(
+        recovered + unexplained > 30.0,
+        "hidden CPU not visible: {acc:#}"
+    );
+    assert!(ev.contains("% of one CPU"), "{ev}");
+    // Not double-reported as a plain miner finding.
+    assert!(s.miner(m.pid).is_none());
+    assert_eq!(s.code, 1);
+}
+
+/// Restores /etc/ld.so.preload on drop (before the library is removed).
+struct PreloadGuard(Option<Vec<u8>>);
+
+impl Drop for PreloadGuard {
+    fn drop(&mut self) {
+        match &self.0 {
+            Some(orig) => {
+                let _ = std::fs::write("/etc/ld.so.preload", orig);
+            }
+            None => {
+                let _ = std::fs::remove_file("/etc/ld.so.preload");
+            }
+        }
+    }
+}
+
+#[test]
+fn ld_so_preload_hider_is_reported_and_cannot_hide_from_quarry() {
+    require_root!();
+    let _l = lock();
+    let libdir = PathGuard("/usr/local/lib/quarry-test-hider".into());
+    std::fs::create_dir_all(&libdir.0).unwrap();
+    let lib = libdir.0.join("libsystem.so");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-DHIDE=\"minerd\"", "-o"])
+        .arg(&lib)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/hider.c"))
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _file = install_burner("/tmp/minerd");
+    let m = start(Command::new("/tmp/minerd"));
+    let _preload = PreloadGuard(std::fs::read("/etc/ld.so.preload").ok());
+    std::fs::write("/etc/ld.so.preload", format!("{}\n", lib.display())).unwrap();
+    assert!(
+        !ps_pids().contains(&m.pid),
+        "the hider does not hide from ps"
+    );
+
+    let s = scan(&[]);
+    // Quarry is static: the hider has no effect on it.
+    assert!(
+        s.malicious_pids().contains(&(m.pid as i64)),
+        "{:#}",
+        s.json["findings"]
+    );
+    let f = s
+        .findings()
+        .iter()
+        .find(|f| f["rule"] == "rootkit.preload")
+        .unwrap_or_else(|| panic!("no preload finding: {:#}", s.json["findings"]));
+    assert_eq!(f["severity"], "critical");
+    assert_eq!(f["subject"]["path"], lib.display().to_string());
+    let ev = f["evidence"].to_string();
+    assert!(ev.contains("readdir") && ev.contains("readdir64"), "{ev}");
+    assert!(
+        ev.contains(&format!("PID {} minerd", m.pid)),
+        "hidden target not named: {ev}"
+    );
+}
+
+#[test]
+fn storm_of_short_lived_processes_gives_no_hidden_finding() {
+    require_root!();
+    let _l = lock();
+    let mut cmd = Command::new(burner());
+    cmd.args(["--fork-storm", "20"]);
+    let _storm = start(cmd);
+    for _ in 0..3 {
+        let s = scan(&["--interval", "0.5", "--only", "hidden"]);
+        let bad: Vec<_> = s
+            .findings()
+            .iter()
+            .filter(|f| f["rule"].as_str().unwrap().starts_with("hidden."))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "false hidden finding under a fork storm: {bad:#?}"
+        );
+        assert!(s.json["census"]["probed"].as_bool().unwrap());
+    }
+}
+
+/// Writes a file in a fixture tree, creating directories.
+fn put(root: &Path, path: &str, content: &str) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+/// A minimal fixture of a Linux root with processes 1 and 100.
+fn fixture() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    put(
+        r,
+        "proc/stat",
+        "cpu  100 0 100 1000 0 0 0 0 0 0\ncpu0 100 0 100 1000 0 0 0 0 0 0\nbtime 1700000000\n",
+    );
+    put(r, "proc/uptime", "1000.0 900.0\n");
+    put(r, "proc/sys/kernel/hostname", "fixture\n");
+    put(r, "proc/sys/kernel/osrelease", "6.1.0-fixture\n");
+    put(r, "proc/sys/kernel/pid_max", "32768\n");
+    put(
+        r,
+        "proc/self/mountinfo",
+        "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+    );
+    for (pid, name, ppid) in [(1, "systemd", 0), (100, "sshd", 1)] {
+        put(
+            r,
+            &format!("proc/{pid}/stat"),
+            &format!("{pid} ({name}) S {ppid} {pid} {pid} 0 -1 4194560 0 0 0 0 10 5 0 0 20 0 1 0 100 0 0\n"),
+        );
+        put(
+            r,
+            &format!("proc/{pid}/cmdline"),
+            &format!("/usr/sbin/{name}\0"),
+        );
+        put(
+            r,
+            &format!("proc/{pid}/status"),
+            &format!("Name:\t{name}\nTgid:\t{pid}\n"),
+        );
+        put(r, &format!("proc/{pid}/task/{pid}/children"), "");
+    }
+    put(r, "etc/passwd", "root:x:0:0:root:/root:/bin/bash\n");
+    d
+}
+
+#[test]
+fn fixture_cgroup_lists_a_pid_the_listing_omits() {
+    let d = fixture();
+    let r = d.path();
+    put(r, "sys/fs/cgroup/cgroup.procs", "1\n");
+    put(
+        r,
+        "sys/fs/cgroup/system.slice/ssh.service/cgroup.procs",
+        "100\n4242\n",
+    );
+    put(r, "proc/1/task/1/children", "100 4242");
+    let s = scan(&["--root", r.to_str().unwrap(), "--interval", "0"]);
+    let f = s
+        .findings()
+        .iter()
+        .find(|f| f["rule"] == "hidden.process")
+        .unwrap_or_else(|| panic!("{:#}", s.json["findings"]));
+    assert_eq!(f["subject"]["pid"], 4242);
+    let seen = f["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "seen by")
+        .unwrap();
+    let seen = seen["value"].as_str().unwrap();
+    assert!(
+        seen.contains("cgroup") && seen.contains("children"),
+        "{seen}"
+    );
+    assert!(f["evidence"]
+        .to_string()
+        .contains("ssh.service/cgroup.procs"));
+    assert_eq!(s.code, 1);
+}
+
+#[test]
+fn fixture_clean_gives_no_hidden_finding() {
+    let d = fixture();
+    let r = d.path();
+    put(r, "sys/fs/cgroup/cgroup.procs", "1\n100\n");
+    put(r, "proc/1/task/1/children", "100");
+    let s = scan(&["--root", r.to_str().unwrap(), "--interval", "0"]);
+    assert!(s.findings().is_empty(), "{:#}", s.json["findings"]);
+    assert_eq!(s.code, 0);
+}
+
+#[test]
+fn fixture_bind_mount_line_is_reported() {
+    let d = fixture();
+    let r = d.path();
+    put(r, "sys/fs/cgroup/cgroup.procs", "1\n100\n");
+    // PID 100's /proc entry is covered: its stat cannot be read.
+    std::fs::remove_file(r.join("proc/100/stat")).unwrap();
+    put(
+        r,
+        "proc/self/mountinfo",
+        "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n412 25 0:5 /tmp/empty /proc/100 rw,relatime - tmpfs tmpfs rw\n",
+    );
+    let s = scan(&["--root", r.to_str().unwrap(), "--interval", "0"]);
+    let f = s
+        .findings()
+        .iter()
+        .find(|f| f["rule"] == "hidden.process" && f["subject"]["pid"] == 100)
+        .unwrap_or_else(|| panic!("{:#}", s.json["findings"]));
+    assert!(f["evidence"].to_string().contains("/tmp/empty /proc/100"));
+}
