@@ -6,7 +6,7 @@
 # Environment:
 #   QUARRY=path          Quarry binary (default target/x86_64-unknown-linux-gnu/release/quarry,
 #                        relative to the repo root; built with `cargo build --release` if missing)
-#   BENCH_SKIP_SLOW=1    skip rkhunter (~4 min) and chkrootkit (~1 min)
+#   BENCH_SKIP_SLOW=1    skip rkhunter (~1.5-2 min here) and chkrootkit (~10 s here)
 #   BENCH_RUNS=20        number of `quarry scan --interval 0` runs for the median
 #   BENCH_SPAWN=5000     extra idle processes for the scale test (0 skips the scale test)
 #   BENCH_SCALE_RUNS=5   quarry runs before/after spawning, for the median
@@ -159,6 +159,27 @@ fmt2() { [[ $1 == n/a ]] && echo n/a || awk -v x="$1" 'BEGIN { printf "%.2f", x 
 fmt3() { [[ $1 == n/a ]] && echo n/a || awk -v x="$1" 'BEGIN { printf "%.3f", x }'; }
 ms() { [[ $1 == n/a ]] && echo n/a || awk -v u="$1" 'BEGIN { printf "%.1f", u / 1000 }'; }
 
+# precise_cpu N CMD... -> "median_cpu_s max_rss_kb" over N runs, from wait4() rusage
+# (microsecond precision; GNU time's %U/%S round to 10 ms, which is most of a Quarry scan)
+precise_cpu() {
+    python3 - "$@" <<'EOF' 2>/dev/null || echo "n/a n/a"
+import os, statistics, sys
+n, cmd = int(sys.argv[1]), sys.argv[2:]
+null = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDONLY if fd == 0 else os.O_WRONLY, 0) for fd in (0, 1, 2)]
+cpu, rss = [], 0
+for _ in range(n):
+    pid = os.posix_spawn(cmd[0], cmd, os.environ, file_actions=null)
+    _, _, ru = os.wait4(pid, 0)
+    cpu.append(ru.ru_utime + ru.ru_stime)
+    rss = max(rss, ru.ru_maxrss)
+print(f"{statistics.median(cpu):.4f} {rss}")
+EOF
+}
+
+START_UTC=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+START_PROCS=$(count_procs)
+
 ROWS=()   # "tool|wall|cpu|kb|rc"
 add_row() { ROWS+=("$1|$2|$3|$4|$5"); }
 
@@ -171,7 +192,8 @@ measure quarry "$QUARRY" scan --interval 1 --format json
 Q_WALL=$M_WALL
 ((M_RC <= 1)) || log "quarry exited $M_RC (expected 0 or 1); see $LOGDIR/quarry.err"
 read -r Q_WORK Q_INTERVAL < <(quarry_timing "$LOGDIR/quarry.out")
-add_row "quarry scan --interval 1" "$M_WALL" "$M_CPU" "$M_KB" "$M_RC"
+read -r Q_PCPU _ < <(precise_cpu 1 "$QUARRY" scan --interval 1 --format json)
+add_row "quarry scan --interval 1" "$M_WALL" "$(fmt3 "$Q_PCPU")*" "$M_KB" "$M_RC"
 
 log "quarry scan --interval 0 x$RUNS"
 walls=() cpus=() kbs=() works=() rcs=()
@@ -184,19 +206,20 @@ done
 Q0_WALL=$(median "${walls[@]}")
 Q0_WORK=$(median "${works[@]}")
 Q0_RCS=$(printf '%s\n' "${rcs[@]}" | sort -un | paste -sd, -)
+read -r Q0_PCPU _ < <(precise_cpu "$RUNS" "$QUARRY" scan --interval 0 --format json)
 add_row "quarry scan --interval 0 (median of $RUNS)" "$(fmt3 "$Q0_WALL")" \
-    "$(fmt2 "$(median "${cpus[@]}")")" "$(median "${kbs[@]}")" "$Q0_RCS"
+    "$(fmt3 "$Q0_PCPU")*" "$(median "${kbs[@]}")" "$Q0_RCS"
 
 # ---------------------------------------------------------------- peers
 if [[ $SKIP_SLOW == 1 ]]; then
     add_row "chkrootkit -q" skipped n/a n/a n/a
     add_row "rkhunter --check --sk --nocolors" skipped n/a n/a n/a
 else
-    log "chkrootkit -q (about a minute)"
+    log "chkrootkit -q (about 10 s)"
     measure chkrootkit chkrootkit -q
     add_row "chkrootkit -q" "$M_WALL" "$M_CPU" "$M_KB" "$M_RC"
 
-    log "rkhunter --check --sk --nocolors (about four minutes)"
+    log "rkhunter --check --sk --nocolors (about 2 minutes)"
     measure rkhunter rkhunter --check --sk --nocolors
     add_row "rkhunter --check --sk --nocolors" "$M_WALL" "$M_CPU" "$M_KB" "$M_RC"
     cp -f /var/log/rkhunter.log "$LOGDIR/rkhunter.log" 2>/dev/null || true
@@ -256,10 +279,14 @@ report() {
     local q_ver kernel
     q_ver=$("$QUARRY" --version 2>/dev/null || echo quarry)
     kernel=$(uname -r)
-    echo "# Quarry benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "# Quarry benchmark, $START_UTC"
     echo
-    echo "Host: $(hostname), kernel $kernel, $(nproc) CPUs, $(count_procs) processes, loadavg $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Host: $(hostname), kernel $kernel, $(nproc) CPUs; at start: $START_PROCS processes, loadavg $START_LOAD."
     echo "Versions: $q_ver ($QUARRY); $(dpkg-query -W -f='${Package} ${Version}; ' chkrootkit rkhunter unhide 2>/dev/null)"
+    if [[ $QUARRY == */debug/* ]] || ! grep -q 'release' <<<"$QUARRY"; then
+        echo
+        echo "**Note:** \`$QUARRY\` may not be a release build; Quarry's figures from a debug build are several times slower."
+    fi
     echo
     echo "| tool | wall s | cpu s | peak MiB | wall ratio to quarry | exit code |"
     echo "|---|---:|---:|---:|---:|---:|"
@@ -274,11 +301,14 @@ report() {
     done
     echo
     echo "Wall ratio is against \`quarry scan --interval 1\` (which includes its 1 s CPU sample)."
+    echo "Wall: nanosecond clock around each run. CPU: GNU time %U+%S; * = Quarry's CPU from wait4() rusage"
+    echo "(separate runs, median), since GNU time rounds to 10 ms. Peak MiB: GNU time %M, the largest single"
+    echo "process in the tool's tree (chkrootkit and rkhunter are shell scripts running many small programs)."
     echo
     echo "Quarry's own work (from \`.timing\` in its JSON):"
     echo
     echo "- \`--interval 1\`: work $(ms "$Q_WORK") ms (work_us $Q_WORK), sampling interval $(ms "$Q_INTERVAL") ms (interval_us $Q_INTERVAL), wall $Q_WALL s"
-    echo "- \`--interval 0\`, median of $RUNS: wall $(fmt3 "$Q0_WALL") s, work $(ms "$Q0_WORK") ms (work_us $Q0_WORK)"
+    echo "- \`--interval 0\`, median of $RUNS: wall $(fmt3 "$Q0_WALL") s, work $(ms "$Q0_WORK") ms (work_us $Q0_WORK), CPU $(ms "$(awk -v c="$Q0_PCPU" 'BEGIN { if (c == "n/a") print "n/a"; else print c * 1e6 }')") ms"
     for r in "${ROWS[@]}"; do
         IFS='|' read -r tool wall cpu kb rc <<<"$r"
         [[ $tool == quarry* || $wall == skipped ]] && continue
@@ -305,18 +335,21 @@ report() {
     echo
     echo '```'
     if [[ $SKIP_SLOW != 1 ]]; then
-        echo "== chkrootkit -q (every line it prints in quiet mode is a finding)"
-        grep -v '^[[:space:]]*$' "$LOGDIR/chkrootkit.out" "$LOGDIR/chkrootkit.err" 2>/dev/null | sed "s|^$LOGDIR/||" | head -n 60 || true
-        echo "== rkhunter (warnings on stdout, then the details from its log)"
-        grep -E '\[ (Warning|Found|Infected) \]' "$LOGDIR/rkhunter.out" 2>/dev/null | sed 's/  */ /g' | head -n 40 || true
-        # "Warning:" plus the indented detail lines after it
+        echo "== chkrootkit -q (in quiet mode every line it prints is a finding; long sections cut)"
+        awk '/^WARNING/ { if (extra) printf "  ... (%d more lines)\n", extra; print; n = 0; extra = 0; next }
+             /^[[:space:]]*$/ { next }
+             { if (++n <= 8) print "  " $0; else extra++ }
+             END { if (extra) printf "  ... (%d more lines)\n", extra }' "$LOGDIR/chkrootkit.out" 2>/dev/null || true
+        sort "$LOGDIR/chkrootkit.err" 2>/dev/null | uniq -c | sed 's/^ */  stderr x/' | head -n 10 || true
+        echo "== rkhunter (warnings from its log, then its summary)"
         awk '/ Warning: /{p=1; print; next} p && /^\[[0-9:]+\]         /{print; next} {p=0}' \
-            "$LOGDIR/rkhunter.log" 2>/dev/null | sed 's/^\[[0-9:]*\] //' | head -n 60 || true
-        grep -v '^[[:space:]]*$' "$LOGDIR/rkhunter.err" 2>/dev/null | sed 's/^/stderr: /' | head -n 20 || true
+            "$LOGDIR/rkhunter.log" 2>/dev/null | sed 's/^\[[0-9:]*\] /  /' | head -n 60 || true
+        grep -E 'Suspect files|Possible rootkits|took:' "$LOGDIR/rkhunter.out" 2>/dev/null | sed 's/^ */  /' || true
+        grep -v '^[[:space:]]*$' "$LOGDIR/rkhunter.err" 2>/dev/null | sed 's/^/  stderr: /' | head -n 20 || true
     fi
     echo "== unhide quick"
-    cat "$LOGDIR/unhide.out" "$LOGDIR/unhide.err" 2>/dev/null | grep -v '^\[\*\]' |
-        grep -iE -A3 'hidden|found|fake|suspicious' | head -n 60 || true
+    { cat "$LOGDIR/unhide.out" "$LOGDIR/unhide.err" 2>/dev/null | grep -v '^\[\*\]' |
+        grep -iE -A3 'hidden|found|fake|suspicious' || echo "  (nothing reported)"; } | head -n 60
     echo '```'
 }
 

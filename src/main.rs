@@ -58,7 +58,10 @@ struct ScanArgs {
     /// Exit 1 when a finding at or above this severity is found.
     #[arg(long, default_value = "high")]
     fail_on: Severity,
-    /// Run only these checks (comma-separated): cpu, miner, hidden, preload.
+    /// Where to look for kernel module files (repeatable; replaces the default list).
+    #[arg(long = "module-path", value_name = "DIR")]
+    module_paths: Vec<String>,
+    /// Run only these checks (comma-separated): cpu, miner, hidden, preload, modules.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<scan::Check>,
     /// Extra rules files (TOML, docs/RULES.md), added to the built-in rules.
@@ -121,6 +124,12 @@ fn cmd_scan(a: ScanArgs) -> anyhow::Result<u8> {
         } else {
             a.only.clone()
         },
+        module_roots: if a.module_paths.is_empty() {
+            ScanOptions::default().module_roots
+        } else {
+            a.module_paths.clone()
+        },
+        ..ScanOptions::default()
     };
     let report = scan::run(&host, &rules, &opts)?;
     let stdout = std::io::stdout();

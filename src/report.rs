@@ -171,6 +171,65 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
         }
     }
 
+    if let Some(c) = &r.census {
+        let probes = if c.probed {
+            format!(
+                "PIDs 1-{} probed with kill and getpgid in {:.1} ms",
+                c.pid_max, c.probe_ms
+            )
+        } else {
+            "no system-call probes (offline root)".into()
+        };
+        let _ = writeln!(
+            s,
+            "\n{} {} processes, {} threads; {probes}; {} cgroup hierarchies; private procfs: {}; {} hidden",
+            st.bold("Hidden-process check:"),
+            c.listed_processes,
+            c.threads,
+            c.cgroup_hierarchies.len(),
+            if c.private_procfs { "yes" } else { "no" },
+            c.hidden
+        );
+    }
+    if let Some(a) = &r.cpu_accounting {
+        let _ = writeln!(
+            s,
+            "{} kernel task time {:.1}% = visible processes {:.1}% + recovered hidden {:.1}% + unexplained {:.1}% (alert at {:.1}%){}",
+            st.bold("CPU accounting:"),
+            a.kernel_busy_percent,
+            a.visible_percent,
+            a.recovered_percent,
+            a.unexplained_percent,
+            a.alert_percent,
+            a.cgroup_percent
+                .map_or(String::new(), |c| format!("; root cgroup {c:.1}%"))
+        );
+    }
+
+    if let Some(m) = &r.modules {
+        let loaded =
+            if m.loaded_checks_applicable {
+                format!(
+                "{} listed in /proc/modules, {} in /sys/module, {} tagged in kallsyms{}; taint {}",
+                m.listed,
+                m.sys_module_loadable,
+                m.kallsyms_tagged,
+                m.tracefs_tagged.map_or(String::new(), |t| format!(", {t} in tracefs")),
+                if m.taint_flags.is_empty() { "none".to_string() } else { m.taint_flags.clone() }
+            )
+            } else {
+                "loaded-module checks not applicable (no loadable-module support)".to_string()
+            };
+        let _ = writeln!(
+            s,
+            "{} {loaded}; {} module files among {} entries walked in {:.0} ms",
+            st.bold("Kernel modules:"),
+            m.module_files,
+            m.walk.files,
+            m.walk.elapsed_ms
+        );
+    }
+
     let _ = writeln!(s, "\n{} ({})", st.bold("Findings"), r.findings.len());
     if r.findings.is_empty() {
         let _ = writeln!(s, "  none");

@@ -22,10 +22,18 @@ pub enum Check {
     Hidden,
     /// Userland rootkits: ld.so.preload, LD_PRELOAD.
     Preload,
+    /// Kernel modules: files outside the module tree, hidden loaded modules.
+    Modules,
 }
 
 impl Check {
-    pub const ALL: [Check; 4] = [Check::Cpu, Check::Miner, Check::Hidden, Check::Preload];
+    pub const ALL: [Check; 5] = [
+        Check::Cpu,
+        Check::Miner,
+        Check::Hidden,
+        Check::Preload,
+        Check::Modules,
+    ];
 }
 
 /// Options of a scan.
@@ -36,6 +44,9 @@ pub struct ScanOptions {
     pub top: usize,
     /// Checks to run (all by default).
     pub checks: Vec<Check>,
+    /// Where to look for module files (default: `modules::DEFAULT_WALK_ROOTS`).
+    pub module_roots: Vec<String>,
+    pub walk_limits: collect::modules::WalkLimits,
 }
 
 impl Default for ScanOptions {
@@ -45,8 +56,31 @@ impl Default for ScanOptions {
             cpu_threshold: 70.0,
             top: 10,
             checks: Check::ALL.to_vec(),
+            module_roots: collect::modules::DEFAULT_WALK_ROOTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            walk_limits: Default::default(),
         }
     }
+}
+
+/// What the module checks saw (for the report).
+#[derive(Debug, Clone, Serialize)]
+pub struct ModulesSummary {
+    /// False on a kernel without loadable-module support.
+    pub loaded_checks_applicable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_applicable_reason: Option<String>,
+    pub listed: usize,
+    pub sys_module_loadable: usize,
+    pub kallsyms_tagged: usize,
+    pub tracefs_tagged: Option<usize>,
+    pub vmalloc_load_module: Option<usize>,
+    pub tainted: Option<u64>,
+    pub taint_flags: String,
+    pub module_files: usize,
+    pub walk: collect::modules::WalkStats,
 }
 
 /// What the cross-view census saw (for the report).
@@ -121,6 +155,8 @@ pub struct Report {
     pub census: Option<CensusSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_accounting: Option<detect::hidden::CpuAccounting>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modules: Option<ModulesSummary>,
     pub limitations: Vec<String>,
     pub timing: collect::Timing,
 }
@@ -153,97 +189,148 @@ pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Re
     let t = Instant::now();
     let (cpu, cpu_finding) = detect::cpu::assess(&snap, opts.cpu_threshold);
     let mut findings = Vec::new();
-    let mut census_summary = None;
-    let mut cpu_accounting = None;
-    let mut hidden_pids = Vec::new();
-    if on(Check::Hidden) {
-        let fresh_host = fresh.as_ref().map(|f| f.host());
-        let census = collect::census::take(host, fresh_host);
-        let hidden = detect::hidden::find(host, fresh_host, &census, &snap);
-        hidden_pids = hidden.iter().map(|h| h.pid).collect();
-        findings.extend(detect::hidden::findings(&hidden, &snap, rules));
-        let acc = detect::hidden::account(&snap);
-        if acc.is_large() {
-            // Confirm on a second, shorter sample before raising anything.
-            let mut o = collect_opts.clone();
-            o.interval = opts
-                .interval
-                .clamp(Duration::from_millis(500), Duration::from_secs(1));
-            if let Ok(snap2) = collect::sample(host, &o) {
-                let acc2 = detect::hidden::account(&snap2);
-                findings.extend(detect::hidden::cpu_finding(&acc, &acc2));
+    std::thread::scope(|scope| -> std::io::Result<Report> {
+        // The module-file walk reads the disk, the census probes the kernel: run
+        // the walk beside everything else.
+        let walk = on(Check::Modules).then(|| {
+            scope.spawn(|| {
+                let t = Instant::now();
+                let r = collect::modules::find_files(host, &opts.module_roots, &opts.walk_limits);
+                (r, t.elapsed())
+            })
+        });
+        let mut census_summary = None;
+        let mut census_us = 0;
+        let mut cpu_accounting = None;
+        let mut hidden_pids = Vec::new();
+        if on(Check::Hidden) {
+            let fresh_host = fresh.as_ref().map(|f| f.host());
+            let tc = Instant::now();
+            let census = collect::census::take(host, fresh_host);
+            let hidden = detect::hidden::find(host, fresh_host, &census, &snap);
+            hidden_pids = hidden.iter().map(|h| h.pid).collect();
+            findings.extend(detect::hidden::findings(&hidden, &snap, rules));
+            let acc = detect::hidden::account(&snap);
+            // Below 0.2 s, tick granularity (10 ms) makes the comparison noise.
+            if acc.is_large() && snap.elapsed >= Duration::from_millis(200) {
+                // Confirm on a second, shorter sample before raising anything.
+                let mut o = collect_opts.clone();
+                o.interval = opts
+                    .interval
+                    .clamp(Duration::from_millis(500), Duration::from_secs(1));
+                if let Ok(snap2) = collect::sample(host, &o) {
+                    let acc2 = detect::hidden::account(&snap2);
+                    findings.extend(detect::hidden::cpu_finding(&acc, &acc2));
+                }
             }
-        }
-        if !census.probed {
-            limitations.push(
+            if !census.probed {
+                limitations.push(
                 "system-call probes of the PID space were skipped (offline root): hidden processes are found only from cgroup and children lists".into(),
             );
+            }
+            census_summary = Some(CensusSummary {
+                pid_max: census.pid_max,
+                listed_processes: census.listed.len(),
+                threads: census.tasks.len(),
+                cgroup_hierarchies: census.cgroup_roots.clone(),
+                probed: census.probed,
+                probe_answers: census.probe_kill.len(),
+                private_procfs: fresh.is_some(),
+                hidden: hidden.len(),
+                probe_ms: census.probe_time.as_secs_f64() * 1e3,
+                census_ms: census.total_time.as_secs_f64() * 1e3,
+            });
+            cpu_accounting = Some(acc);
+            census_us = tc.elapsed().as_micros() as u64;
         }
-        census_summary = Some(CensusSummary {
-            pid_max: census.pid_max,
-            listed_processes: census.listed.len(),
-            threads: census.tasks.len(),
-            cgroup_hierarchies: census.cgroup_roots.clone(),
-            probed: census.probed,
-            probe_answers: census.probe_kill.len(),
-            private_procfs: fresh.is_some(),
-            hidden: hidden.len(),
-            probe_ms: census.probe_time.as_secs_f64() * 1e3,
-            census_ms: census.total_time.as_secs_f64() * 1e3,
-        });
-        cpu_accounting = Some(acc);
-    }
-    if on(Check::Preload) {
-        let pids: Vec<i32> = snap.processes.keys().copied().collect();
-        let pre = collect::preload::collect(host, &pids);
-        if pre.env_unreadable > 0 && host.is_live() && snap.host.euid != 0 {
-            limitations.push(format!(
+        if on(Check::Preload) {
+            let pids: Vec<i32> = snap.processes.keys().copied().collect();
+            let pre = collect::preload::collect(host, &pids);
+            if pre.env_unreadable > 0 && host.is_live() && snap.host.euid != 0 {
+                limitations.push(format!(
                 "the environments of {} processes could not be read (LD_PRELOAD checks are partial)",
                 pre.env_unreadable
             ));
+            }
+            findings.extend(detect::preload::findings(&pre, &snap, rules));
         }
-        findings.extend(detect::preload::findings(&pre, &snap, rules));
-    }
-    if on(Check::Miner) {
-        findings.extend(
-            detect::miner::detect(&snap, rules)
-                .into_iter()
-                .filter(|f| !f.subject.pid.is_some_and(|p| hidden_pids.contains(&p))),
-        );
-    }
-    if on(Check::Cpu) {
-        findings.extend(cpu_finding);
-    }
-    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
-    let top = top_processes(host, &snap, &findings, opts.top);
-    let summary = Summary {
-        malicious: count_verdict(&findings, "malicious"),
-        suspicious: count_verdict(&findings, "suspicious"),
-        findings: findings.len(),
-        highest: findings.iter().map(|f| f.severity).max(),
-    };
-    let mut timing = snap.timing.clone();
-    timing.detect_us = t.elapsed().as_micros() as u64;
-    timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us;
-    Ok(Report {
-        schema: SCHEMA,
-        schema_version: SCHEMA_VERSION,
-        quarry_version: env!("CARGO_PKG_VERSION"),
-        started,
-        host: snap.host.clone(),
-        cpu,
-        top,
-        findings,
-        summary,
-        census: census_summary,
-        cpu_accounting,
-        limitations: snap
-            .limitations
-            .iter()
-            .cloned()
-            .chain(limitations)
-            .collect(),
-        timing,
+        let mut modules_summary = None;
+        let mut walk_us = 0;
+        if let Some(handle) = walk {
+            let ((files, walk), took) = handle.join().expect("module walk thread");
+            walk_us = took.as_micros() as u64;
+            if let Some(t) = &walk.truncated {
+                limitations.push(format!(
+                    "the module-file walk was cut short ({t}); narrow it with --module-path"
+                ));
+            }
+            let loaded = collect::modules::read_loaded(host);
+            if let Some(r) = &loaded.reason {
+                limitations.push(format!("not applicable: {r}"));
+            }
+            findings.extend(detect::modules::file_findings(&files, rules));
+            findings.extend(detect::modules::loaded_findings(host, &loaded));
+            modules_summary = Some(ModulesSummary {
+                loaded_checks_applicable: loaded.applicable,
+                not_applicable_reason: loaded.reason.clone(),
+                listed: loaded.proc_modules.len(),
+                sys_module_loadable: loaded.sys_module.len(),
+                kallsyms_tagged: loaded.kallsyms.len(),
+                tracefs_tagged: loaded.tracefs.as_ref().map(|t| t.len()),
+                vmalloc_load_module: loaded.vmalloc_load_module,
+                tainted: loaded.tainted,
+                taint_flags: loaded
+                    .tainted
+                    .map(collect::modules::taint_letters)
+                    .unwrap_or_default(),
+                module_files: files.len(),
+                walk,
+            });
+        }
+        if on(Check::Miner) {
+            findings.extend(
+                detect::miner::detect(&snap, rules)
+                    .into_iter()
+                    .filter(|f| !f.subject.pid.is_some_and(|p| hidden_pids.contains(&p))),
+            );
+        }
+        if on(Check::Cpu) {
+            findings.extend(cpu_finding);
+        }
+        findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+        let top = top_processes(host, &snap, &findings, opts.top);
+        let summary = Summary {
+            malicious: count_verdict(&findings, "malicious"),
+            suspicious: count_verdict(&findings, "suspicious"),
+            findings: findings.len(),
+            highest: findings.iter().map(|f| f.severity).max(),
+        };
+        let mut timing = snap.timing.clone();
+        timing.detect_us = t.elapsed().as_micros() as u64;
+        timing.census_us = census_us;
+        timing.module_walk_us = walk_us;
+        timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us;
+        Ok(Report {
+            schema: SCHEMA,
+            schema_version: SCHEMA_VERSION,
+            quarry_version: env!("CARGO_PKG_VERSION"),
+            started,
+            host: snap.host.clone(),
+            cpu,
+            top,
+            findings,
+            summary,
+            census: census_summary,
+            cpu_accounting,
+            modules: modules_summary,
+            limitations: snap
+                .limitations
+                .iter()
+                .cloned()
+                .chain(limitations)
+                .collect(),
+            timing,
+        })
     })
 }
 

@@ -6,6 +6,7 @@
 
 pub mod census;
 pub mod cpu;
+pub mod modules;
 pub mod mounts;
 pub mod net;
 pub mod preload;
@@ -42,8 +43,13 @@ pub struct Timing {
     pub interval_us: u64,
     /// Second, full reading.
     pub second_pass_us: u64,
-    /// Detection and report building.
+    /// Everything after the second reading: detection (including the census
+    /// and the module walk, which run side by side) and report building.
     pub detect_us: u64,
+    /// The cross-view census, hidden-process checks and CPU accounting.
+    pub census_us: u64,
+    /// The module-file walk (in its own thread, overlapping the census).
+    pub module_walk_us: u64,
     /// Everything but the interval.
     pub work_us: u64,
 }

@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod hidden;
 pub mod miner;
+pub mod modules;
 pub mod preload;
 
 use std::fmt;

@@ -1,0 +1,675 @@
+//! Kernel modules: module files on disk, and the loaded-module views.
+//!
+//! Files: a bounded walk of the places malware drops modules, identifying each
+//! candidate natively (what `file` prints) and reading its `.modinfo`,
+//! compressed modules included (xz, zstd and gzip are decoded in pure Rust).
+//!
+//! Loaded modules, from independent views that a module unlinking itself from
+//! the kernel's list does not clean up (shared/ioc-notes.md, tested on Debian
+//! 6.1 and 6.12 kernels): `/proc/modules`, `/sys/module/*/initstate`, module
+//! tags in `/proc/kallsyms`, tracefs `available_filter_functions`,
+//! `/proc/vmallocinfo`, the taint mask and the kernel log.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use object::{Object, ObjectSection};
+use serde::Serialize;
+
+use crate::host::{bytes_to_path, FileMeta, Host};
+
+/// Where the walk looks by default (`--module-path` replaces it).
+pub const DEFAULT_WALK_ROOTS: &[&str] = &[
+    "/lib/udev",
+    "/tmp",
+    "/var/tmp",
+    "/dev/shm",
+    "/etc",
+    "/root",
+    "/usr/lib",
+    "/usr/local",
+    "/home",
+];
+
+/// Directories never walked: the kernels' own module trees (package-managed,
+/// every installed kernel's), debug symbols, and virtual filesystems.
+const SKIP_DIRS: &[&str] = &[
+    "/lib/modules",
+    "/usr/lib/modules",
+    "/usr/lib/debug",
+    "/proc",
+    "/sys",
+];
+
+/// Limits of the walk, so a huge disk cannot stall a scan.
+#[derive(Debug, Clone)]
+pub struct WalkLimits {
+    pub max_depth: usize,
+    pub max_entries: usize,
+    pub max_time: Duration,
+}
+
+impl Default for WalkLimits {
+    fn default() -> Self {
+        WalkLimits {
+            max_depth: 16,
+            max_entries: 400_000,
+            max_time: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Largest file inspected (a kernel module is rarely over a few MiB).
+const MAX_MODULE_SIZE: u64 = 64 * 1024 * 1024;
+/// Largest file sniffed for an ELF header when its name does not say `.ko`.
+const MAX_SNIFF_SIZE: u64 = 16 * 1024 * 1024;
+
+/// A kernel module file found on disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleFile {
+    #[serde(skip)]
+    pub path: Vec<u8>,
+    pub meta: FileMeta,
+    /// What `file` would say, e.g. "ELF 64-bit LSB relocatable, x86-64".
+    pub identification: String,
+    /// `xz`, `zstd` or `gzip` for compressed modules.
+    pub compression: Option<&'static str>,
+    /// `.modinfo` fields (name, vermagic, license, author, description, depends, ...).
+    pub modinfo: BTreeMap<String, Vec<String>>,
+    pub sha256: Option<String>,
+    /// True when the name ends in `.ko*`; false when found by content.
+    pub named_as_module: bool,
+}
+
+/// Statistics of the walk.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalkStats {
+    pub roots: Vec<String>,
+    pub dirs: usize,
+    pub files: usize,
+    pub sniffed: usize,
+    pub truncated: Option<String>,
+    pub elapsed_ms: f64,
+}
+
+/// Finds kernel module files under `roots`.
+pub fn find_files(
+    host: &Host,
+    roots: &[String],
+    limits: &WalkLimits,
+) -> (Vec<ModuleFile>, WalkStats) {
+    let t0 = Instant::now();
+    let mut stats = WalkStats {
+        roots: roots.to_vec(),
+        ..WalkStats::default()
+    };
+    let mut out = Vec::new();
+    let mut seen_dirs: HashSet<(u64, u64)> = HashSet::new();
+    let mut stack: Vec<(String, usize)> = roots.iter().rev().map(|r| (r.clone(), 0)).collect();
+    'walk: while let Some((dir, depth)) = stack.pop() {
+        if SKIP_DIRS
+            .iter()
+            .any(|s| dir == *s || dir.starts_with(&format!("{s}/")))
+        {
+            continue;
+        }
+        // Follow a root given as a symlink (/lib -> /usr/lib) but never a link
+        // inside the tree; visit each directory once.
+        let Ok(st) = host.stat(&dir) else { continue };
+        if !seen_dirs.insert((st.st_dev, st.st_ino)) {
+            continue;
+        }
+        let Ok(entries) = host.list_dir(&dir) else {
+            continue;
+        };
+        stats.dirs += 1;
+        for e in entries {
+            stats.files += 1;
+            if stats.files > limits.max_entries {
+                stats.truncated = Some(format!("stopped after {} entries", limits.max_entries));
+                break 'walk;
+            }
+            if stats.files % 4096 == 0 && t0.elapsed() > limits.max_time {
+                stats.truncated = Some(format!(
+                    "stopped after {:.0} s",
+                    limits.max_time.as_secs_f64()
+                ));
+                break 'walk;
+            }
+            let name = String::from_utf8_lossy(&e.name).into_owned();
+            let path = if dir.ends_with('/') {
+                format!("{dir}{name}")
+            } else {
+                format!("{dir}/{name}")
+            };
+            use rustix::fs::FileType;
+            match e.file_type {
+                FileType::Directory if depth < limits.max_depth => {
+                    stack.push((path, depth + 1));
+                }
+                FileType::RegularFile | FileType::Unknown => {
+                    if let Some(m) = inspect_candidate(host, &path, &name, &mut stats) {
+                        out.push(m);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    stats.elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+    (out, stats)
+}
+
+fn compression_of(name: &str) -> Option<Option<&'static str>> {
+    if name.ends_with(".ko") {
+        Some(None)
+    } else if name.ends_with(".ko.xz") {
+        Some(Some("xz"))
+    } else if name.ends_with(".ko.zst") {
+        Some(Some("zstd"))
+    } else if name.ends_with(".ko.gz") {
+        Some(Some("gzip"))
+    } else {
+        None
+    }
+}
+
+fn inspect_candidate(
+    host: &Host,
+    path: &str,
+    name: &str,
+    stats: &mut WalkStats,
+) -> Option<ModuleFile> {
+    if let Some(compression) = compression_of(name) {
+        return Some(inspect(host, path, compression, true));
+    }
+    // Sniff only names that look like programs or objects: no extension, a
+    // hidden name, or `.o`/`.so`/`.bin`-like — not the hundreds of thousands of
+    // scripts, headers and data files under /usr/lib (deciding from the name
+    // avoids a stat per file).
+    let ext = name.rsplit_once('.').map(|(_, e)| e);
+    let programish = ext.is_none()
+        || name.starts_with('.')
+        || name.contains(".so.")
+        || matches!(
+            ext,
+            Some("o" | "so" | "bin" | "mod" | "dat" | "tmp" | "cache")
+        );
+    if !programish {
+        return None;
+    }
+    let st = host.lstat(path).ok()?;
+    let size = st.st_size as u64;
+    if !(64..=MAX_SNIFF_SIZE).contains(&size) || st.st_mode & 0o170000 != 0o100000 {
+        return None;
+    }
+    stats.sniffed += 1;
+    let head = host.read_prefix(path, 20).ok()?;
+    if head.len() < 20 || &head[..4] != b"\x7fELF" || elf_type(&head) != Some(1) {
+        return None;
+    }
+    let m = inspect(host, path, None, false);
+    (!m.modinfo.is_empty()).then_some(m)
+}
+
+/// `e_type` of an ELF header (1 = relocatable).
+fn elf_type(h: &[u8]) -> Option<u16> {
+    let b = [*h.get(16)?, *h.get(17)?];
+    Some(if h.get(5) == Some(&2) {
+        u16::from_be_bytes(b)
+    } else {
+        u16::from_le_bytes(b)
+    })
+}
+
+/// Reads, decompresses and identifies one module file.
+pub fn inspect(
+    host: &Host,
+    path: &str,
+    compression: Option<&'static str>,
+    named: bool,
+) -> ModuleFile {
+    let mut m = ModuleFile {
+        path: path.as_bytes().to_vec(),
+        meta: host.file_meta(path),
+        identification: String::new(),
+        compression,
+        modinfo: BTreeMap::new(),
+        sha256: None,
+        named_as_module: named,
+    };
+    let raw = match host.read_prefix(bytes_to_path(path.as_bytes()), MAX_MODULE_SIZE as usize) {
+        Ok(r) => r,
+        Err(e) => {
+            m.identification = format!("unreadable: {e}");
+            return m;
+        }
+    };
+    m.sha256 = Some(sha256_hex(&raw));
+    let data = match decompress(&raw, compression) {
+        Ok(d) => d,
+        Err(e) => {
+            m.identification = format!(
+                "{} data that does not decompress: {e}",
+                compression.unwrap_or("?")
+            );
+            return m;
+        }
+    };
+    m.identification = identify(&data);
+    if let Some(c) = compression {
+        m.identification = format!("{c}-compressed {}", m.identification);
+    }
+    m.modinfo = modinfo(&data);
+    m
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decompress(raw: &[u8], compression: Option<&str>) -> Result<Vec<u8>, String> {
+    let limit = MAX_MODULE_SIZE;
+    let mut out = Vec::new();
+    match compression {
+        None => return Ok(raw.to_vec()),
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(raw)
+                .take(limit)
+                .read_to_end(&mut out)
+                .map_err(|e| e.to_string())?;
+        }
+        Some("zstd") => {
+            let mut input = raw;
+            let dec =
+                ruzstd::decoding::StreamingDecoder::new(&mut input).map_err(|e| e.to_string())?;
+            dec.take(limit)
+                .read_to_end(&mut out)
+                .map_err(|e| e.to_string())?;
+        }
+        Some("xz") => {
+            let mut input = std::io::BufReader::new(raw);
+            lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| format!("{e:?}"))?;
+        }
+        Some(other) => return Err(format!("unknown compression {other}")),
+    }
+    Ok(out)
+}
+
+/// Identifies a file from its header, in the words `file` uses.
+pub fn identify(data: &[u8]) -> String {
+    if data.len() < 20 || &data[..4] != b"\x7fELF" {
+        return "not an ELF object".into();
+    }
+    let class = match data[4] {
+        1 => "32-bit",
+        2 => "64-bit",
+        _ => "unknown-class",
+    };
+    let order = match data[5] {
+        1 => "LSB",
+        2 => "MSB",
+        _ => "unknown-endian",
+    };
+    let be = data[5] == 2;
+    let half = |i: usize| {
+        let b = [data[i], data[i + 1]];
+        if be {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    let kind = match half(16) {
+        1 => "relocatable",
+        2 => "executable",
+        3 => "shared object",
+        4 => "core file",
+        _ => "unknown type",
+    };
+    let machine = match half(18) {
+        3 => "Intel 80386",
+        8 => "MIPS",
+        20 => "PowerPC",
+        21 => "64-bit PowerPC",
+        22 => "IBM S/390",
+        40 => "ARM",
+        62 => "x86-64",
+        183 => "ARM aarch64",
+        243 => "UCB RISC-V",
+        258 => "LoongArch",
+        _ => "unknown machine",
+    };
+    format!("ELF {class} {order} {kind}, {machine}")
+}
+
+/// The `.modinfo` section as key → values.
+pub fn modinfo(data: &[u8]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let Ok(obj) = object::File::parse(data) else {
+        return out;
+    };
+    let Some(sec) = obj.section_by_name(".modinfo") else {
+        return out;
+    };
+    let Ok(bytes) = sec.data() else { return out };
+    for item in bytes.split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let s = crate::escape::escape(item);
+        if let Some((k, v)) = s.split_once('=') {
+            out.entry(k.to_string()).or_default().push(v.to_string());
+        }
+    }
+    out
+}
+
+/// One line of `/proc/modules`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedModule {
+    pub state: String,
+    /// Taint letters in parentheses, e.g. `OE`.
+    pub taint: String,
+}
+
+/// The loaded-module views.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Loaded {
+    /// False on a kernel without loadable-module support.
+    pub applicable: bool,
+    pub reason: Option<String>,
+    pub proc_modules: BTreeMap<String, ListedModule>,
+    /// Loadable modules in /sys/module (those with `initstate`) → taint.
+    pub sys_module: BTreeMap<String, String>,
+    pub kallsyms: BTreeSet<String>,
+    pub kallsyms_readable: bool,
+    pub tracefs: Option<BTreeSet<String>>,
+    pub tracefs_source: Option<String>,
+    /// `load_module` allocations in /proc/vmallocinfo.
+    pub vmalloc_load_module: Option<usize>,
+    pub tainted: Option<u64>,
+    /// (module name, log line) from the kernel log.
+    pub kmsg: Vec<(String, String)>,
+    pub kmsg_readable: bool,
+}
+
+/// Kernel taint flags (Documentation/admin-guide/tainted-kernels.rst): bit,
+/// letter, meaning.
+pub const TAINT_FLAGS: &[(u32, char, &str)] = &[
+    (0, 'P', "proprietary module was loaded"),
+    (1, 'F', "module was force loaded"),
+    (2, 'S', "kernel running on an out of specification system"),
+    (3, 'R', "module was force unloaded"),
+    (4, 'M', "processor reported a Machine Check Exception"),
+    (5, 'B', "bad page referenced or unexpected page flags"),
+    (6, 'U', "taint requested by userspace application"),
+    (7, 'D', "kernel died recently (OOPS or BUG)"),
+    (8, 'A', "an ACPI table was overridden by user"),
+    (9, 'W', "kernel issued a warning"),
+    (10, 'C', "staging driver was loaded"),
+    (11, 'I', "workaround for bug in platform firmware applied"),
+    (12, 'O', "externally-built (out-of-tree) module was loaded"),
+    (13, 'E', "unsigned module was loaded"),
+    (14, 'L', "soft lockup occurred"),
+    (15, 'K', "kernel has been live patched"),
+    (16, 'X', "auxiliary taint, defined for and used by distros"),
+    (
+        17,
+        'T',
+        "kernel was built with the struct randomization plugin",
+    ),
+    (18, 'N', "an in-kernel test has been run"),
+    (
+        19,
+        'J',
+        "userspace used a mutating debug operation in fwctl",
+    ),
+];
+
+/// The letters of a taint mask, e.g. `OE`.
+pub fn taint_letters(mask: u64) -> String {
+    TAINT_FLAGS
+        .iter()
+        .filter(|(bit, _, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, c, _)| *c)
+        .collect()
+}
+
+/// Reads every loaded-module view.
+pub fn read_loaded(host: &Host) -> Loaded {
+    let mut l = Loaded::default();
+    let Ok(text) = host.read_text("/proc/modules") else {
+        l.reason = Some(
+            "this kernel has no loadable-module support (/proc/modules does not exist): loaded-module checks are not applicable".into(),
+        );
+        return l;
+    };
+    l.applicable = true;
+    l.proc_modules = parse_proc_modules(&text);
+    if let Ok(entries) = host.list_dir("/sys/module") {
+        for e in entries {
+            let name = String::from_utf8_lossy(&e.name).into_owned();
+            // Built-in modules have no initstate; loadable ones do.
+            if host.exists(format!("/sys/module/{name}/initstate")) {
+                let taint = host
+                    .read_text(format!("/sys/module/{name}/taint"))
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_default();
+                l.sys_module.insert(name, taint);
+            }
+        }
+    }
+    if let Ok(text) = host.read_text("/proc/kallsyms") {
+        l.kallsyms_readable = true;
+        l.kallsyms = bracket_tags(&text);
+    }
+    read_tracefs(host, &mut l);
+    if let Ok(text) = host.read_text("/proc/vmallocinfo") {
+        l.vmalloc_load_module = Some(text.lines().filter(|x| x.contains("load_module")).count());
+    }
+    l.tainted = host
+        .read_text("/proc/sys/kernel/tainted")
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    if let Some(lines) = read_kmsg(host) {
+        l.kmsg_readable = true;
+        l.kmsg = module_log_lines(&lines);
+    }
+    l
+}
+
+pub fn parse_proc_modules(text: &str) -> BTreeMap<String, ListedModule> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_ascii_whitespace().collect();
+            let name = f.first()?.to_string();
+            let taint = f
+                .iter()
+                .find(|x| x.starts_with('(') && x.ends_with(')'))
+                .map(|x| x.trim_matches(|c| c == '(' || c == ')').to_string())
+                .unwrap_or_default();
+            Some((
+                name,
+                ListedModule {
+                    state: f.get(4).unwrap_or(&"").to_string(),
+                    taint,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Module names in `[name]` tags at the ends of lines (kallsyms, tracefs),
+/// without the kernel's pseudo-modules (`[bpf]`, `[__builtin__ftrace]`, ...).
+pub fn bracket_tags(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_suffix(']') {
+            if let Some(i) = rest.rfind('[') {
+                let name = &rest[i + 1..];
+                if !name.is_empty()
+                    && name != "bpf"
+                    && !name.starts_with("__builtin")
+                    && !out.contains(name)
+                {
+                    out.insert(name.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// tracefs `available_filter_functions`: from a mounted tracefs, or from a
+/// private, detached tracefs mount (nothing is left mounted).
+fn read_tracefs(host: &Host, l: &mut Loaded) {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        let p = format!("{dir}/available_filter_functions");
+        if let Ok(text) = host.read_text(&p) {
+            l.tracefs = Some(bracket_tags(&text));
+            l.tracefs_source = Some(p);
+            return;
+        }
+    }
+    if host.is_live() {
+        if let Ok(text) = private_tracefs() {
+            l.tracefs = Some(bracket_tags(&text));
+            l.tracefs_source = Some("a private tracefs mount (fsopen)".into());
+        }
+    }
+}
+
+fn private_tracefs() -> std::io::Result<String> {
+    use rustix::fd::AsRawFd;
+    use rustix::mount::{
+        fsconfig_create, fsmount, fsopen, FsMountFlags, FsOpenFlags, MountAttrFlags,
+    };
+    let fs = fsopen("tracefs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_create(&fs)?;
+    let fd = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY,
+    )?;
+    std::fs::read_to_string(format!(
+        "/proc/self/fd/{}/available_filter_functions",
+        fd.as_raw_fd()
+    ))
+}
+
+/// The kernel log's records (message text only), read without blocking.
+fn read_kmsg(host: &Host) -> Option<Vec<String>> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        host.path("/dev/kmsg"),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let is_char = rustix::fs::fstat(&fd)
+        .map(|s| {
+            rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::CharacterDevice
+        })
+        .unwrap_or(false);
+    let mut lines = Vec::new();
+    if is_char {
+        // /dev/kmsg returns one record per read; EAGAIN at the end; EPIPE when
+        // a record was overwritten (skip it).
+        let mut buf = vec![0u8; 8192];
+        for _ in 0..200_000 {
+            match rustix::io::read(&fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => lines.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(rustix::io::Errno::PIPE) | Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            }
+        }
+    } else {
+        // A fixture file: one record per line.
+        let text = host.read_text("/dev/kmsg").ok()?;
+        lines.extend(text.lines().map(str::to_string));
+    }
+    Some(
+        lines
+            .into_iter()
+            .map(|rec| {
+                let first = rec.lines().next().unwrap_or("").to_string();
+                match first.split_once(';') {
+                    Some((_, msg)) => msg.to_string(),
+                    None => first,
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Log lines that name a module as it is loaded and taints the kernel.
+pub fn module_log_lines(lines: &[String]) -> Vec<(String, String)> {
+    const MARKERS: &[&str] = &[
+        "loading out-of-tree module taints kernel",
+        "module verification failed",
+        "module license",
+        "module is from the staging directory",
+    ];
+    let mut out = Vec::new();
+    for l in lines {
+        if let Some((name, rest)) = l.split_once(": ") {
+            let name = name.trim();
+            if !name.is_empty()
+                && !name.contains(' ')
+                && MARKERS.iter().any(|m| rest.starts_with(m))
+            {
+                out.push((name.to_string(), crate::escape::escape_str(l)));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifies_elf_headers() {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2;
+        h[5] = 1;
+        h[16] = 1;
+        h[18] = 62;
+        assert_eq!(identify(&h), "ELF 64-bit LSB relocatable, x86-64");
+        assert_eq!(identify(b"#!/bin/sh\n"), "not an ELF object");
+    }
+
+    #[test]
+    fn taint_and_tags() {
+        assert_eq!(taint_letters((1 << 12) | (1 << 13)), "OE");
+        let t = bracket_tags("ffff t foo\t[rootkit]\nffff t bar\t[bpf]\nffff T baz\n");
+        assert_eq!(
+            t.into_iter().collect::<Vec<_>>(),
+            vec!["rootkit".to_string()]
+        );
+        let m = parse_proc_modules(
+            "ext4 1 0 - Live 0x0\nhideme 16384 0 - Live 0xffffffffc0000000 (OE)\n",
+        );
+        assert_eq!(m["hideme"].taint, "OE");
+        assert_eq!(m["ext4"].taint, "");
+    }
+
+    #[test]
+    fn log_lines() {
+        let l = module_log_lines(&[
+            "diamorphine: loading out-of-tree module taints kernel.".into(),
+            "diamorphine: module verification failed: signature and/or required key missing - tainting kernel".into(),
+            "usb 1-1: new device".into(),
+        ]);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].0, "diamorphine");
+    }
+}

@@ -1,0 +1,315 @@
+//! Kernel-module findings: module files outside the module tree, hidden loaded
+//! modules, unexplained taint, and log lines of modules no longer listed.
+
+use std::collections::BTreeSet;
+
+use super::{Evidence, Finding, Severity, Signal, Subject, Technique};
+use crate::collect::modules::{self, Loaded, ModuleFile, TAINT_FLAGS};
+use crate::escape::escape;
+use crate::host::Host;
+use crate::rules::{Kind, Rules};
+
+/// Findings for module files.
+pub fn file_findings(files: &[ModuleFile], rules: &Rules) -> Vec<Finding> {
+    files
+        .iter()
+        .map(|m| {
+            let path = String::from_utf8_lossy(&m.path).into_owned();
+            let file_name = path.rsplit('/').next().unwrap_or("");
+            let stem = file_name
+                .split(".ko")
+                .next()
+                .unwrap_or(file_name)
+                .to_ascii_lowercase();
+            let mut signals = Vec::new();
+            let modname = m
+                .modinfo
+                .get("name")
+                .and_then(|v| v.first())
+                .map(|s| s.to_ascii_lowercase());
+            for cand in [Some(stem.clone()), modname].into_iter().flatten() {
+                if let Some(ind) = rules.find_exact(Kind::ModuleName, &cand) {
+                    signals.push(Signal {
+                        id: ind.kind.signal_id().into(),
+                        weight: ind.weight,
+                        detail: format!(
+                            "module name \"{}\": {}",
+                            escape(cand.as_bytes()),
+                            ind.note
+                        ),
+                        technique: Technique::new(&ind.technique),
+                        source: Some(format!("{} ({})", ind.source, ind.origin)),
+                    });
+                    break;
+                }
+            }
+            let lower = path.to_ascii_lowercase();
+            for ind in rules.of(Kind::ModuleDir) {
+                if let Some(d) = ind.values.iter().find(|d| lower.starts_with(d.as_str())) {
+                    signals.push(Signal {
+                        id: ind.kind.signal_id().into(),
+                        weight: ind.weight,
+                        detail: format!("under {d}: {}", ind.note),
+                        technique: Technique::new(&ind.technique),
+                        source: Some(format!("{} ({})", ind.source, ind.origin)),
+                    });
+                }
+            }
+            let known = !signals.is_empty();
+            let severity = if known {
+                Severity::Critical
+            } else {
+                Severity::High
+            };
+            let what = if m.named_as_module {
+                "Kernel module file"
+            } else if file_name.ends_with(".o") {
+                "Kernel module object (a module being built here)"
+            } else {
+                "Kernel module disguised as an ordinary file"
+            };
+            let mut evidence = vec![
+                Evidence::new("path", escape(&m.path)),
+                Evidence::new("identification", m.identification.clone()),
+                Evidence::new("file", m.meta.describe()),
+            ];
+            if let Some(h) = &m.sha256 {
+                evidence.push(Evidence::new("sha256", h.clone()));
+            }
+            for key in [
+                "name",
+                "vermagic",
+                "license",
+                "author",
+                "description",
+                "depends",
+                "srcversion",
+            ] {
+                if let Some(v) = m.modinfo.get(key) {
+                    evidence.push(Evidence::new(format!("modinfo {key}"), v.join(", ")));
+                }
+            }
+            if m.modinfo.is_empty() {
+                evidence.push(Evidence::new("modinfo", "no .modinfo section"));
+            }
+            evidence.push(Evidence::new(
+                "check by hand",
+                format!("file {0}; modinfo {0}", escape(&m.path)),
+            ));
+            Finding {
+                rule: "module.file".into(),
+                severity,
+                verdict: None,
+                title: format!(
+                    "{what} {} outside the kernel's module tree{}",
+                    escape(&m.path),
+                    if known {
+                        " — named like a known rootkit module"
+                    } else {
+                        ""
+                    }
+                ),
+                subject: Subject {
+                    path: Some(escape(&m.path)),
+                    name: m.modinfo.get("name").and_then(|v| v.first()).cloned(),
+                    ..Subject::default()
+                },
+                techniques: vec![Technique::new("T1547.006"), Technique::new("T1014")],
+                score: Some(signals.iter().map(|s| s.weight).sum()),
+                signals,
+                evidence,
+            }
+        })
+        .collect()
+}
+
+/// Findings for loaded modules.
+pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if !l.applicable {
+        return out;
+    }
+    // Re-read the list: a module loaded during the scan is not hidden.
+    let listed_now = host
+        .read_text("/proc/modules")
+        .map(|t| modules::parse_proc_modules(&t))
+        .unwrap_or_default();
+    let listed = |n: &str| l.proc_modules.contains_key(n) || listed_now.contains_key(n);
+    let mut names: BTreeSet<&String> = l.sys_module.keys().collect();
+    names.extend(l.kallsyms.iter());
+    if let Some(t) = &l.tracefs {
+        names.extend(t.iter());
+    }
+    let mut hidden = BTreeSet::new();
+    for name in names {
+        if listed(name) {
+            continue;
+        }
+        let mut seen = Vec::new();
+        let mut missed = vec!["/proc/modules (lsmod)".to_string()];
+        if l.sys_module.contains_key(name) {
+            seen.push(format!("/sys/module/{name}"));
+        } else {
+            missed.push("/sys/module".into());
+        }
+        if l.kallsyms.contains(name) {
+            seen.push("/proc/kallsyms".into());
+        } else if l.kallsyms_readable {
+            missed.push("/proc/kallsyms".into());
+        }
+        match &l.tracefs {
+            Some(t) if t.contains(name) => seen.push("tracefs available_filter_functions".into()),
+            Some(_) => missed.push("tracefs".into()),
+            None => {}
+        }
+        let log: Vec<&String> = l
+            .kmsg
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, line)| line)
+            .collect();
+        if !log.is_empty() {
+            seen.push("kernel log".into());
+        }
+        hidden.insert(name.clone());
+        let mut evidence = vec![
+            Evidence::new("module", escape(name.as_bytes())),
+            Evidence::new("seen by", seen.join(", ")),
+            Evidence::new("missed by", missed.join(", ")),
+        ];
+        if let Some(t) = l.sys_module.get(name) {
+            evidence.push(Evidence::new(
+                "taint",
+                if t.is_empty() {
+                    "none".into()
+                } else {
+                    format!("{t} (/sys/module/{name}/taint)")
+                },
+            ));
+        }
+        for line in log {
+            evidence.push(Evidence::new("kernel log", line.clone()));
+        }
+        if let Some(m) = l.tainted {
+            evidence.push(Evidence::new(
+                "kernel taint",
+                format!("{m} = {}", modules::taint_letters(m)),
+            ));
+        }
+        evidence.push(Evidence::new(
+            "check by hand",
+            format!("grep -w {name} /proc/modules; ls /sys/module/{name}; grep '\\[{name}\\]' /proc/kallsyms"),
+        ));
+        out.push(Finding {
+            rule: "module.hidden".into(),
+            severity: Severity::Critical,
+            verdict: Some("malicious".into()),
+            title: format!(
+                "Kernel module \"{}\" is loaded but hidden from lsmod and /proc/modules (seen by {})",
+                escape(name.as_bytes()),
+                seen.join(", ")
+            ),
+            subject: Subject {
+                name: Some(escape(name.as_bytes())),
+                ..Subject::default()
+            },
+            techniques: vec![Technique::new("T1014"), Technique::new("T1547.006")],
+            signals: vec![],
+            score: None,
+            evidence,
+        });
+    }
+    // Taint that no listed module explains.
+    if let Some(mask) = l.tainted {
+        let explained: BTreeSet<char> = l
+            .proc_modules
+            .values()
+            .flat_map(|m| m.taint.chars())
+            .collect();
+        let unexplained: Vec<(char, &str)> = TAINT_FLAGS
+            .iter()
+            .filter(|(bit, c, _)| {
+                mask & (1u64 << bit) != 0 && "OEPF".contains(*c) && !explained.contains(c)
+            })
+            .map(|(_, c, d)| (*c, *d))
+            .collect();
+        if !unexplained.is_empty() {
+            let letters: String = unexplained.iter().map(|(c, _)| *c).collect();
+            let mut evidence = vec![
+                Evidence::new(
+                    "kernel taint",
+                    format!(
+                        "{mask} = {} (/proc/sys/kernel/tainted)",
+                        modules::taint_letters(mask)
+                    ),
+                ),
+                Evidence::new(
+                    "unexplained",
+                    unexplained
+                        .iter()
+                        .map(|(c, d)| format!("{c}: {d}"))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+                Evidence::new(
+                    "listed modules",
+                    format!(
+                        "{} in /proc/modules, none carries {letters}",
+                        l.proc_modules.len()
+                    ),
+                ),
+            ];
+            for (n, line) in &l.kmsg {
+                if !listed(n) {
+                    evidence.push(Evidence::new("kernel log", line.clone()));
+                }
+            }
+            out.push(Finding {
+                rule: "module.taint-unexplained".into(),
+                severity: Severity::High,
+                verdict: None,
+                title: format!(
+                    "The kernel is tainted {letters} but no listed module explains it: a hidden module (or one unloaded since boot; taint stays until reboot)"
+                ),
+                subject: Subject::default(),
+                techniques: vec![Technique::new("T1014")],
+                signals: vec![],
+                score: None,
+                evidence,
+            });
+        }
+    }
+    // Log lines of modules that are not listed and not already reported.
+    let mut logged: BTreeSet<&String> = BTreeSet::new();
+    for (n, _) in &l.kmsg {
+        if !listed(n) && !hidden.contains(n) {
+            logged.insert(n);
+        }
+    }
+    for n in logged {
+        let lines: Vec<Evidence> = l
+            .kmsg
+            .iter()
+            .filter(|(m, _)| m == n)
+            .map(|(_, line)| Evidence::new("kernel log", line.clone()))
+            .collect();
+        out.push(Finding {
+            rule: "module.log-unlisted".into(),
+            severity: Severity::Medium,
+            verdict: None,
+            title: format!(
+                "The kernel log shows out-of-tree or unsigned module \"{}\" being loaded, and it is no longer listed (unloaded, or hidden)",
+                escape(n.as_bytes())
+            ),
+            subject: Subject {
+                name: Some(escape(n.as_bytes())),
+                ..Subject::default()
+            },
+            techniques: vec![Technique::new("T1547.006")],
+            signals: vec![],
+            score: None,
+            evidence: lines,
+        });
+    }
+    out
+}

@@ -1,0 +1,285 @@
+//! Issue 4: kernel module files and hidden loaded modules. This machine's
+//! kernel has no loadable modules, so loaded-module disagreements are tested on
+//! fixture trees through the same code (`--root`); module files are tested for
+//! real. The real-kernel test is tests/vm/run.sh.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn put(root: &Path, path: &str, content: &str) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+/// A fixture with a modular kernel, many ordinary modules and nothing wrong.
+fn clean_fixture() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    put(
+        r,
+        "proc/stat",
+        "cpu  100 0 100 1000 0 0 0 0 0 0\ncpu0 100 0 100 1000 0 0 0 0 0 0\nbtime 1700000000\n",
+    );
+    put(r, "proc/uptime", "1000.0 900.0\n");
+    put(r, "proc/sys/kernel/osrelease", "6.1.0-fixture\n");
+    put(r, "proc/sys/kernel/tainted", "0\n");
+    put(r, "proc/self/mountinfo", "");
+    let mut modules = String::new();
+    let mut kallsyms =
+        String::from("ffffffff81000000 T _stext\nffffffff81000100 t bpf_prog_x\t[bpf]\n");
+    let mut ftrace = String::from("do_one_initcall\n");
+    for (i, name) in [
+        "ext4",
+        "jbd2",
+        "mbcache",
+        "crc16",
+        "virtio_net",
+        "net_failover",
+        "failover",
+        "nf_tables",
+        "libcrc32c",
+        "xfs",
+    ]
+    .iter()
+    .enumerate()
+    {
+        modules.push_str(&format!(
+            "{name} {} 1 - Live 0xffffffffc0{i:03}000\n",
+            16384 * (i + 1)
+        ));
+        put(r, &format!("sys/module/{name}/initstate"), "live\n");
+        put(r, &format!("sys/module/{name}/taint"), "\n");
+        kallsyms.push_str(&format!("ffffffffc0{i:03}010 t {name}_init\t[{name}]\n"));
+        ftrace.push_str(&format!("{name}_fn [{name}]\n"));
+    }
+    // Built-in modules have no initstate.
+    put(r, "sys/module/printk/parameters/time", "Y\n");
+    put(r, "proc/modules", &modules);
+    put(r, "proc/kallsyms", &kallsyms);
+    put(r, "sys/kernel/tracing/available_filter_functions", &ftrace);
+    put(
+        r,
+        "proc/vmallocinfo",
+        "0xffffffffc0000000-0xffffffffc0002000 8192 load_module+0x1/0x2 pages=1 vmalloc\n",
+    );
+    put(r, "dev/kmsg", "6,1,100,-;Linux version 6.1.0-fixture\n");
+    d
+}
+
+fn scan_root(r: &Path) -> Scan {
+    scan(&[
+        "--root",
+        r.to_str().unwrap(),
+        "--interval",
+        "0",
+        "--only",
+        "modules",
+    ])
+}
+
+fn by_rule<'a>(s: &'a Scan, rule: &str) -> Vec<&'a serde_json::Value> {
+    s.findings().iter().filter(|f| f["rule"] == rule).collect()
+}
+
+#[test]
+fn clean_modular_kernel_gives_no_finding() {
+    let d = clean_fixture();
+    let s = scan_root(d.path());
+    assert!(s.findings().is_empty(), "{:#}", s.json["findings"]);
+    assert_eq!(s.code, 0);
+    assert_eq!(s.json["modules"]["loaded_checks_applicable"], true);
+    assert_eq!(s.json["modules"]["listed"], 10);
+}
+
+#[test]
+fn module_in_sys_module_but_not_proc_modules() {
+    let d = clean_fixture();
+    let r = d.path();
+    put(r, "sys/module/diamorphine/initstate", "live\n");
+    put(r, "sys/module/diamorphine/taint", "OE\n");
+    put(r, "proc/sys/kernel/tainted", "12288\n");
+    put(
+        r,
+        "dev/kmsg",
+        "4,500,1000,-;diamorphine: loading out-of-tree module taints kernel.\n4,501,1001,-;diamorphine: module verification failed: signature and/or required key missing - tainting kernel\n",
+    );
+    let s = scan_root(r);
+    let hidden = by_rule(&s, "module.hidden");
+    assert_eq!(hidden.len(), 1, "{:#}", s.json["findings"]);
+    let f = hidden[0];
+    assert_eq!(f["subject"]["name"], "diamorphine");
+    assert_eq!(f["severity"], "critical");
+    let ev = f["evidence"].to_string();
+    assert!(
+        ev.contains("/sys/module/diamorphine") && ev.contains("kernel log"),
+        "{ev}"
+    );
+    assert!(ev.contains("OE (/sys/module/diamorphine/taint)"), "{ev}");
+    assert!(ev.contains("module verification failed"), "{ev}");
+    // O and E taint with no listed module carrying them.
+    let t = by_rule(&s, "module.taint-unexplained");
+    assert_eq!(t.len(), 1);
+    assert!(t[0]["title"].as_str().unwrap().contains("OE"));
+    assert_eq!(s.code, 1);
+}
+
+#[test]
+fn kallsyms_and_tracefs_tags_of_an_unlisted_module() {
+    let d = clean_fixture();
+    let r = d.path();
+    let mut k = std::fs::read_to_string(r.join("proc/kallsyms")).unwrap();
+    k.push_str("ffffffffc0900000 t hacked_getdents64\t[reptile]\n");
+    put(r, "proc/kallsyms", &k);
+    let mut t =
+        std::fs::read_to_string(r.join("sys/kernel/tracing/available_filter_functions")).unwrap();
+    t.push_str("hacked_kill [reptile]\n");
+    put(r, "sys/kernel/tracing/available_filter_functions", &t);
+    let s = scan_root(r);
+    let hidden = by_rule(&s, "module.hidden");
+    assert_eq!(hidden.len(), 1, "{:#}", s.json["findings"]);
+    let seen = hidden[0]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "seen by")
+        .unwrap();
+    let seen = seen["value"].as_str().unwrap();
+    assert!(
+        seen.contains("/proc/kallsyms") && seen.contains("tracefs"),
+        "{seen}"
+    );
+    let missed = hidden[0]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "missed by")
+        .unwrap();
+    assert!(missed["value"].as_str().unwrap().contains("/sys/module"));
+}
+
+#[test]
+fn taint_without_a_listed_out_of_tree_module() {
+    let d = clean_fixture();
+    let r = d.path();
+    put(r, "proc/sys/kernel/tainted", "12288\n");
+    let s = scan_root(r);
+    assert!(by_rule(&s, "module.hidden").is_empty());
+    let t = by_rule(&s, "module.taint-unexplained");
+    assert_eq!(t.len(), 1, "{:#}", s.json["findings"]);
+    assert!(t[0]["evidence"].to_string().contains("externally-built"));
+    // The same taint is explained when a listed module carries it.
+    let mut m = std::fs::read_to_string(r.join("proc/modules")).unwrap();
+    m.push_str("vboxdrv 16384 0 - Live 0xffffffffc0999000 (OE)\n");
+    put(r, "proc/modules", &m);
+    put(r, "sys/module/vboxdrv/initstate", "live\n");
+    let s = scan_root(r);
+    assert!(s.findings().is_empty(), "{:#}", s.json["findings"]);
+}
+
+#[test]
+fn kernel_log_names_a_module_no_longer_listed() {
+    let d = clean_fixture();
+    let r = d.path();
+    put(
+        r,
+        "dev/kmsg",
+        "4,9,9,-;snd_pcs: loading out-of-tree module taints kernel.\n",
+    );
+    let s = scan_root(r);
+    let l = by_rule(&s, "module.log-unlisted");
+    assert_eq!(l.len(), 1, "{:#}", s.json["findings"]);
+    assert_eq!(l[0]["subject"]["name"], "snd_pcs");
+    assert_eq!(l[0]["severity"], "medium");
+}
+
+#[test]
+fn no_module_support_is_not_applicable() {
+    let d = clean_fixture();
+    std::fs::remove_file(d.path().join("proc/modules")).unwrap();
+    let s = scan_root(d.path());
+    assert_eq!(s.json["modules"]["loaded_checks_applicable"], false);
+    assert!(s.json["limitations"].to_string().contains("not applicable"));
+    assert_eq!(s.code, 0);
+}
+
+#[test]
+fn seed_module_files_are_identified() {
+    require_root!();
+    let _l = lock();
+    let dir = Path::new("/lib/udev/usb_control");
+    assert!(!dir.exists(), "{} exists before the test", dir.display());
+    let _d = PathGuard(dir.to_path_buf());
+    std::fs::create_dir_all(dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c");
+    let build = |name: &str, out: &Path| {
+        let st = Command::new("cc")
+            .arg("-c")
+            .arg(format!("-DMODNAME=\"{name}\""))
+            .arg("-o")
+            .arg(out)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let seed = ["raid", "iptable_mac", "snd_pcs", "usb_pcs", "ipv6_kac"];
+    for n in seed {
+        build(n, &dir.join(format!("{n}.ko")));
+    }
+    // One renamed to look like a shared library elsewhere.
+    let disguised = Path::new("/usr/local/lib/libsystemd-helper.so.2");
+    let _g = PathGuard(disguised.to_path_buf());
+    build("usb_pcs", disguised);
+    // An ordinary object file (relocatable, but no .modinfo) is not a module.
+    let plain = Path::new("/tmp/quarry-test-plain.o");
+    let _p = PathGuard(plain.to_path_buf());
+    std::fs::write("/tmp/quarry-test-plain.c", "int f(void){return 1;}\n").unwrap();
+    let _pc = PathGuard("/tmp/quarry-test-plain.c".into());
+    assert!(Command::new("cc")
+        .args([
+            "-c",
+            "-o",
+            "/tmp/quarry-test-plain.o",
+            "/tmp/quarry-test-plain.c"
+        ])
+        .status()
+        .unwrap()
+        .success());
+
+    let s = scan(&["--only", "modules", "--interval", "0"]);
+    let files = by_rule(&s, "module.file");
+    for n in seed {
+        let path = format!("/lib/udev/usb_control/{n}.ko");
+        let f = files
+            .iter()
+            .find(|f| f["subject"]["path"] == path.as_str())
+            .unwrap_or_else(|| panic!("{path} not reported: {:#}", s.json["findings"]));
+        assert_eq!(f["severity"], "critical");
+        let ev = f["evidence"].to_string();
+        assert!(ev.contains("ELF 64-bit LSB relocatable, x86-64"), "{ev}");
+        assert!(
+            ev.contains(&format!("\"value\":\"{n}\"")),
+            "modinfo name missing: {ev}"
+        );
+        assert!(ev.contains("6.1.0-quarry-test"), "vermagic missing: {ev}");
+    }
+    let d = files
+        .iter()
+        .find(|f| f["subject"]["path"] == "/usr/local/lib/libsystemd-helper.so.2")
+        .expect("disguised module not found");
+    assert!(d["title"].as_str().unwrap().contains("disguised"), "{d:#}");
+    assert!(!files
+        .iter()
+        .any(|f| f["subject"]["path"] == "/tmp/quarry-test-plain.o"));
+    // This machine's kernel has no loadable modules: said, not an error.
+    if !Path::new("/proc/modules").exists() {
+        assert_eq!(s.json["modules"]["loaded_checks_applicable"], false);
+        assert!(s.json["limitations"].to_string().contains("not applicable"));
+    }
+    assert_eq!(s.code, 1);
+}
