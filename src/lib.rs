@@ -9,5 +9,6 @@ pub mod detect;
 pub mod escape;
 pub mod host;
 pub mod report;
+pub mod respond;
 pub mod rules;
 pub mod scan;

@@ -33,6 +33,53 @@ enum Command {
         /// Rules files to check; with none, print the built-in rules.
         files: Vec<PathBuf>,
     },
+    /// Remove what the scan found, for good: a dry run unless --yes.
+    Fix(FixArgs),
+    /// Put back everything a fix removed or changed (a case id or folder).
+    Restore {
+        /// Case id (from `quarry cases`) or the case folder.
+        case: String,
+        /// Folder that holds cases.
+        #[arg(long, default_value = quarry::respond::case::DEFAULT_CASE_ROOT)]
+        case_root: PathBuf,
+    },
+    /// List the cases fixes created.
+    Cases {
+        /// Folder that holds cases.
+        #[arg(long, default_value = quarry::respond::case::DEFAULT_CASE_ROOT)]
+        case_root: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct FixArgs {
+    /// Carry out the plan (without it, only print it).
+    #[arg(long)]
+    yes: bool,
+    /// Act only on these findings: PIDs, rule ids or rule prefixes (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Also act on findings that are only suspicious, and on system files.
+    #[arg(long)]
+    force: bool,
+    /// Processes and files never to touch (TOML; default /etc/quarry/allowlist.toml if present).
+    #[arg(long)]
+    allowlist: Option<PathBuf>,
+    /// Folder that holds cases.
+    #[arg(long, default_value = quarry::respond::case::DEFAULT_CASE_ROOT)]
+    case_root: PathBuf,
+    /// Sampling interval of the scans, in seconds.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+    interval: f64,
+    /// Extra rules files.
+    #[arg(long = "rules", value_name = "FILE")]
+    rules: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Exit 1 when the scan after the fix still finds something at or above this.
+    #[arg(long, default_value = "high")]
+    fail_on: Severity,
 }
 
 #[derive(clap::Args)]
@@ -61,7 +108,7 @@ struct ScanArgs {
     /// Where to look for kernel module files (repeatable; replaces the default list).
     #[arg(long = "module-path", value_name = "DIR")]
     module_paths: Vec<String>,
-    /// Run only these checks (comma-separated): cpu, miner, hidden, preload, modules.
+    /// Run only these checks (comma-separated): cpu, miner, hidden, preload, modules, persistence.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<scan::Check>,
     /// Extra rules files (TOML, docs/RULES.md), added to the built-in rules.
@@ -94,6 +141,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Scan(args) => cmd_scan(args),
         Command::Rules { files } => cmd_rules(files),
+        Command::Fix(a) => cmd_fix(a),
+        Command::Restore { case, case_root } => cmd_restore(&case, &case_root),
+        Command::Cases { case_root } => {
+            let lines = quarry::respond::cases(&case_root);
+            if lines.is_empty() {
+                println!("no cases in {}", case_root.display());
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(0)
+        }
     }
 }
 
@@ -164,5 +223,141 @@ fn cmd_rules(files: Vec<PathBuf>) -> anyhow::Result<u8> {
         rules.indicators.len(),
         Rules::builtin().indicators.len()
     );
+    Ok(0)
+}
+
+/// `quarry fix`.
+fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
+    use quarry::respond;
+    if !rustix::process::geteuid().is_root() {
+        anyhow::bail!("quarry fix needs root: it stops processes and moves files (run `quarry scan` to look without changing anything)");
+    }
+    let rules = load_rules(&a.rules)?;
+    let allowlist = match &a.allowlist {
+        Some(p) => respond::Allowlist::load(p)?,
+        None if std::path::Path::new("/etc/quarry/allowlist.toml").exists() => {
+            respond::Allowlist::load(std::path::Path::new("/etc/quarry/allowlist.toml"))?
+        }
+        None => respond::Allowlist::default(),
+    };
+    let host = Host::default();
+    let opts = ScanOptions {
+        interval: Duration::from_secs_f64(a.interval),
+        ..ScanOptions::default()
+    };
+    let (report, snap) = scan::run_full(&host, &rules, &opts)?;
+    let fix_opts = respond::FixOptions {
+        only: a.only.clone(),
+        force: a.force,
+        allowlist,
+    };
+    let plan = respond::plan(&report.findings, &snap, &fix_opts);
+    let json = a.format == Format::Json;
+    if !json {
+        print!("{}", respond::describe(&plan));
+    }
+    if !a.yes || plan.is_empty() {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "plan": plan, "dry_run": true })
+                )?
+            );
+        } else if !plan.is_empty() {
+            println!(
+                "\nDry run: nothing was changed. Run again with --yes to carry out this plan."
+            );
+        }
+        return Ok(u8::from(!plan.is_empty()));
+    }
+    let outcome = respond::execute(&plan, &a.case_root, &report)?;
+    if !json {
+        println!("\nDone ({}):", outcome.case_dir);
+        for d in &outcome.done {
+            println!("  ok: {d}");
+        }
+        for f in &outcome.failed {
+            println!("  FAILED: {f}");
+        }
+    }
+    // Verify: give restarters a chance to show themselves, then scan again.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = scan::run(&host, &rules, &opts)?;
+    std::fs::write(
+        std::path::Path::new(&outcome.case_dir).join("scan-after.json"),
+        serde_json::to_vec_pretty(&after)?,
+    )?;
+    let remaining: Vec<&quarry::detect::Finding> = after
+        .findings
+        .iter()
+        .filter(|f| f.severity >= a.fail_on)
+        .collect();
+    let respawned: Vec<String> = plan
+        .processes
+        .iter()
+        .filter(|p| !p.exe.is_empty())
+        .filter_map(|p| {
+            let running: Vec<i32> = after
+                .top
+                .iter()
+                .filter(|t| {
+                    t.exe.as_deref().map(|e| e.trim_end_matches(" (deleted)"))
+                        == Some(p.exe.as_str())
+                })
+                .map(|t| t.pid)
+                .collect();
+            (!running.is_empty())
+                .then(|| format!("{} is running again as PID {:?}", p.exe, running))
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "plan": plan, "dry_run": false, "outcome": outcome,
+                "remaining": remaining, "respawned": respawned,
+            }))?
+        );
+    } else {
+        println!(
+            "\nScan after the fix: {} finding(s) at or above {}",
+            remaining.len(),
+            a.fail_on
+        );
+        for f in &remaining {
+            println!(
+                "  {} {}  [{}]",
+                f.severity.as_str().to_uppercase(),
+                f.title,
+                f.rule
+            );
+        }
+        for r in &respawned {
+            println!("  RESPAWNED: {r}");
+        }
+        println!("Undo everything with: quarry restore {}", outcome.case_dir);
+    }
+    Ok(u8::from(
+        !remaining.is_empty() || !respawned.is_empty() || !outcome.failed.is_empty(),
+    ))
+}
+
+/// `quarry restore`.
+fn cmd_restore(case: &str, root: &std::path::Path) -> anyhow::Result<u8> {
+    let dir = if std::path::Path::new(case).is_dir() {
+        PathBuf::from(case)
+    } else {
+        root.join(case)
+    };
+    if !dir.join("journal.jsonl").exists() {
+        anyhow::bail!(
+            "{}: not a Quarry case (no journal.jsonl); `quarry cases` lists them",
+            dir.display()
+        );
+    }
+    for line in quarry::respond::restore(&dir)? {
+        println!("{line}");
+    }
     Ok(0)
 }

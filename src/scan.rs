@@ -24,15 +24,18 @@ pub enum Check {
     Preload,
     /// Kernel modules: files outside the module tree, hidden loaded modules.
     Modules,
+    /// Start-up entries: cron, systemd, init scripts, shell start-up, SSH keys.
+    Persistence,
 }
 
 impl Check {
-    pub const ALL: [Check; 5] = [
+    pub const ALL: [Check; 6] = [
         Check::Cpu,
         Check::Miner,
         Check::Hidden,
         Check::Preload,
         Check::Modules,
+        Check::Persistence,
     ];
 }
 
@@ -163,6 +166,15 @@ pub struct Report {
 
 /// Runs a scan.
 pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Report> {
+    run_full(host, rules, opts).map(|(r, _)| r)
+}
+
+/// Runs a scan and also returns the snapshot it judged (for `quarry fix`).
+pub fn run_full(
+    host: &Host,
+    rules: &Rules,
+    opts: &ScanOptions,
+) -> std::io::Result<(Report, Snapshot)> {
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let on = |c: Check| opts.checks.contains(&c);
     let mut limitations = Vec::new();
@@ -189,7 +201,7 @@ pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Re
     let t = Instant::now();
     let (cpu, cpu_finding) = detect::cpu::assess(&snap, opts.cpu_threshold);
     let mut findings = Vec::new();
-    std::thread::scope(|scope| -> std::io::Result<Report> {
+    std::thread::scope(|scope| -> std::io::Result<(Report, Snapshot)> {
         // The module-file walk reads the disk, the census probes the kernel: run
         // the walk beside everything else.
         let walk = on(Check::Modules).then(|| {
@@ -294,6 +306,32 @@ pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Re
                     .filter(|f| !f.subject.pid.is_some_and(|p| hidden_pids.contains(&p))),
             );
         }
+        if on(Check::Persistence) {
+            let flagged: Vec<detect::persistence::Flagged> = findings
+                .iter()
+                .filter(|f| f.verdict.is_some())
+                .filter_map(|f| {
+                    let pid = f.subject.pid?;
+                    let p = snap.processes.get(&pid);
+                    let exe = p
+                        .and_then(|p| p.exe.as_ref().ok())
+                        .filter(|e| !e.memfd)
+                        .map(|e| String::from_utf8_lossy(&e.path).into_owned());
+                    let name = p
+                        .map(|p| String::from_utf8_lossy(p.name()).into_owned())
+                        .or_else(|| f.subject.name.clone())
+                        .unwrap_or_default();
+                    Some(detect::persistence::Flagged {
+                        pid,
+                        name,
+                        exe,
+                        malicious: f.verdict.as_deref() == Some("malicious"),
+                    })
+                })
+                .collect();
+            let files = collect::persistence::collect(host, &snap.users);
+            findings.extend(detect::persistence::findings(&files, &flagged, rules));
+        }
         if on(Check::Cpu) {
             findings.extend(cpu_finding);
         }
@@ -310,7 +348,7 @@ pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Re
         timing.census_us = census_us;
         timing.module_walk_us = walk_us;
         timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us;
-        Ok(Report {
+        let report = Report {
             schema: SCHEMA,
             schema_version: SCHEMA_VERSION,
             quarry_version: env!("CARGO_PKG_VERSION"),
@@ -330,7 +368,8 @@ pub fn run(host: &Host, rules: &Rules, opts: &ScanOptions) -> std::io::Result<Re
                 .chain(limitations)
                 .collect(),
             timing,
-        })
+        };
+        Ok((report, snap))
     })
 }
 

@@ -59,6 +59,7 @@ pub fn assess(snap: &Snapshot, threshold: f64) -> (CpuVerdict, Option<Finding>) 
         ));
     }
     let f = Finding {
+        remedies: Vec::new(),
         rule: "cpu.abnormal".into(),
         severity: Severity::Low,
         verdict: None,

@@ -44,6 +44,8 @@ pub struct Hidden {
     pub process: Option<Process>,
     pub read_via: &'static str,
     pub notes: Vec<Evidence>,
+    /// Mount points over its /proc entry.
+    pub mounts: Vec<String>,
 }
 
 /// Finds hidden processes. `fresh` is a private procfs view (if mounted).
@@ -135,6 +137,7 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
             process,
             read_via,
             notes,
+            mounts: vec![],
         });
     }
 
@@ -187,8 +190,15 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
         {
             seen.push("fresh-procfs".into());
         }
+        let mounts = census
+            .proc_mounts
+            .iter()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, m)| String::from_utf8_lossy(&m.mount_point).into_owned())
+            .collect();
         out.push(Hidden {
             pid,
+            mounts,
             seen_by: seen,
             missed_by: vec!["/proc/PID contents (ps, top read /proc/PID/stat)".into()],
             threads: vec![],
@@ -241,6 +251,13 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
             evidence.extend(h.notes.iter().cloned());
             let mut name = None;
             let mut path = None;
+            let mut remedies: Vec<super::Remedy> = h
+                .mounts
+                .iter()
+                .map(|m| super::Remedy::Unmount {
+                    mount_point: m.clone(),
+                })
+                .collect();
             if let Some(p) = &h.process {
                 let mut p = p.clone();
                 if p.cpu_percent == 0.0 && !snap.processes.contains_key(&p.pid) {
@@ -259,6 +276,7 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
                         .into_iter()
                         .filter(|e| e.key != "pid"),
                 );
+                remedies.extend(miner::process_remedies(&p));
                 name = Some(escape(p.name()));
                 path = p.exe.as_ref().ok().map(|e| escape(&e.link));
             }
@@ -270,6 +288,7 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
                 }
             }
             Finding {
+                remedies,
                 rule: "hidden.process".into(),
                 severity: Severity::Critical,
                 verdict: Some("malicious".into()),
@@ -415,6 +434,7 @@ pub fn cpu_finding(first: &CpuAccounting, second: &CpuAccounting) -> Option<Find
         )
     };
     Some(Finding {
+        remedies: Vec::new(),
         rule: "hidden.cpu".into(),
         severity: Severity::High,
         verdict: None,

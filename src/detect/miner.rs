@@ -288,6 +288,7 @@ pub fn judge(
         }
     }
     let name = escape(p.name());
+    let remedies = process_remedies(p);
     let mut reasons: Vec<&str> = Vec::new();
     for s in &sig {
         if !reasons.contains(&s.id.as_str()) {
@@ -305,6 +306,7 @@ pub fn judge(
         reasons.join(", ")
     );
     Some(Finding {
+        remedies,
         rule: "miner.process".into(),
         severity,
         verdict: Some(verdict.into()),
@@ -319,6 +321,22 @@ pub fn judge(
         score: Some(score),
         evidence: process_evidence(snap, p),
     })
+}
+
+/// Stop the process; quarantine its executable if it is a file on disk.
+pub fn process_remedies(p: &Process) -> Vec<super::Remedy> {
+    let mut r = vec![super::Remedy::StopProcess {
+        pid: p.pid,
+        starttime: p.stat.starttime,
+    }];
+    if let Ok(e) = &p.exe {
+        if !e.memfd && !e.deleted {
+            r.push(super::Remedy::QuarantineFile {
+                path: String::from_utf8_lossy(&e.path).into_owned(),
+            });
+        }
+    }
+    r
 }
 
 /// Facts about a process for a finding, each checkable by hand.

@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod hidden;
 pub mod miner;
 pub mod modules;
+pub mod persistence;
 pub mod preload;
 
 use std::fmt;
@@ -92,6 +93,9 @@ pub fn technique_name(id: &str) -> &'static str {
         "T1574.006" => "Dynamic Linker Hijacking",
         "T1564" => "Hide Artifacts",
         "T1222.002" => "Linux File and Directory Permissions Modification",
+        "T1037.004" => "Boot or Logon Initialization Scripts: RC Scripts",
+        "T1546.004" => "Event Triggered Execution: Unix Shell Configuration Modification",
+        "T1098.004" => "Account Manipulation: SSH Authorized Keys",
         "T1053.003" => "Scheduled Task/Job: Cron",
         "T1543.002" => "Create or Modify System Process: Systemd Service",
         _ => "",
@@ -162,4 +166,30 @@ pub struct Finding {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<u32>,
     pub evidence: Vec<Evidence>,
+    /// What `quarry fix` would do about it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remedies: Vec<Remedy>,
+}
+
+/// One remediation step a finding asks for; `quarry fix` turns them into a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Remedy {
+    /// Freeze, save evidence of, and kill a process (and what restarts it).
+    /// `starttime` (clock ticks after boot) guards against PID reuse.
+    StopProcess { pid: i32, starttime: u64 },
+    /// Move a file into the case folder.
+    QuarantineFile { path: String },
+    /// Remove one line from a file (crontab, shell start-up file).
+    RemoveLine {
+        path: String,
+        line: usize,
+        content: String,
+    },
+    /// Disable a systemd unit (remove its .wants/.requires links).
+    DisableUnit { path: String },
+    /// Remove an entry from /etc/ld.so.preload.
+    RemovePreloadEntry { entry: String },
+    /// Unmount something mounted over /proc/PID.
+    Unmount { mount_point: String },
 }

@@ -97,6 +97,7 @@ pub fn file_findings(files: &[ModuleFile], rules: &Rules) -> Vec<Finding> {
                 format!("file {0}; modinfo {0}", escape(&m.path)),
             ));
             Finding {
+                remedies: vec![super::Remedy::QuarantineFile { path: path.clone() }],
                 rule: "module.file".into(),
                 severity,
                 verdict: None,
@@ -201,6 +202,7 @@ pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
             format!("grep -w {name} /proc/modules; ls /sys/module/{name}; grep '\\[{name}\\]' /proc/kallsyms"),
         ));
         out.push(Finding {
+            remedies: Vec::new(),
             rule: "module.hidden".into(),
             severity: Severity::Critical,
             verdict: Some("malicious".into()),
@@ -265,6 +267,7 @@ pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
                 }
             }
             out.push(Finding {
+                remedies: Vec::new(),
                 rule: "module.taint-unexplained".into(),
                 severity: Severity::High,
                 verdict: None,
@@ -294,6 +297,7 @@ pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
             .map(|(_, line)| Evidence::new("kernel log", line.clone()))
             .collect();
         out.push(Finding {
+            remedies: Vec::new(),
             rule: "module.log-unlisted".into(),
             severity: Severity::Medium,
             verdict: None,

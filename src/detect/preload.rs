@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Evidence, Finding, Severity, Subject, Technique};
+use super::{Evidence, Finding, Remedy, Severity, Subject, Technique};
 use crate::collect::preload::Preload;
 use crate::collect::Snapshot;
 use crate::escape::escape;
@@ -77,7 +77,16 @@ pub fn findings(pre: &Preload, snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
         } else {
             Severity::Critical
         };
+        let mut remedies = vec![Remedy::RemovePreloadEntry {
+            entry: String::from_utf8_lossy(entry).into_owned(),
+        }];
+        if lib.meta.exists {
+            remedies.push(Remedy::QuarantineFile {
+                path: String::from_utf8_lossy(entry).into_owned(),
+            });
+        }
         out.push(Finding {
+            remedies,
             rule: "rootkit.preload".into(),
             severity: sev,
             verdict: None,
@@ -105,6 +114,7 @@ pub fn findings(pre: &Preload, snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
     }
     if pre.ld_so_preload.exists && (pre.ld_so_preload.immutable || pre.ld_so_preload.append_only) {
         out.push(Finding {
+            remedies: Vec::new(),
             rule: "rootkit.preload-protected".into(),
             severity: Severity::High,
             verdict: None,
@@ -174,6 +184,7 @@ pub fn findings(pre: &Preload, snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
             continue;
         };
         out.push(Finding {
+            remedies: Vec::new(),
             rule: "rootkit.preload-env".into(),
             severity: sev,
             verdict: None,

@@ -108,6 +108,9 @@ pub fn install_burner(dest: &str) -> PathGuard {
 pub struct ProcGuard {
     pub child: Child,
     pub pid: i32,
+    /// Kept open: a program (or its children) that prints again must not die
+    /// of SIGPIPE.
+    _stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Drop for ProcGuard {
@@ -124,7 +127,8 @@ pub fn start(mut cmd: Command) -> ProcGuard {
     let mut child = cmd.spawn().expect("spawn");
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let mut reader = BufReader::new(stdout);
+    reader.read_line(&mut line).unwrap();
     let pid = line
         .trim()
         .strip_prefix("ready ")
@@ -133,7 +137,11 @@ pub fn start(mut cmd: Command) -> ProcGuard {
             let _ = child.kill();
             panic!("program did not become ready: {line:?}")
         });
-    ProcGuard { child, pid }
+    ProcGuard {
+        child,
+        pid,
+        _stdout: reader,
+    }
 }
 
 /// The result of a `quarry scan --format json`.

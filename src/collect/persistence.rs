@@ -1,0 +1,188 @@
+//! Places that start programs again: cron, systemd, init scripts, shell
+//! start-up files, SSH keys. Read as text through [`Host`], with their
+//! attributes (an immutable crontab is a classic miner self-defence).
+
+use serde::Serialize;
+
+use super::users::Users;
+use crate::host::{FileMeta, Host};
+
+/// What kind of start-up place a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PersistKind {
+    /// A crontab (system or per-user): lines are jobs.
+    Crontab,
+    /// A script run by cron (cron.hourly etc.): the whole file runs.
+    CronScript,
+    /// A systemd unit, timer or drop-in.
+    SystemdUnit,
+    /// /etc/rc.local or an /etc/init.d script.
+    InitScript,
+    /// A shell start-up file (profile, bashrc).
+    ShellStartup,
+    /// SSH authorized_keys.
+    SshKeys,
+}
+
+impl PersistKind {
+    pub fn rule(self) -> &'static str {
+        match self {
+            PersistKind::Crontab | PersistKind::CronScript => "persistence.cron",
+            PersistKind::SystemdUnit => "persistence.systemd",
+            PersistKind::InitScript => "persistence.init",
+            PersistKind::ShellStartup => "persistence.shell",
+            PersistKind::SshKeys => "persistence.ssh",
+        }
+    }
+    pub fn technique(self) -> &'static str {
+        match self {
+            PersistKind::Crontab | PersistKind::CronScript => "T1053.003",
+            PersistKind::SystemdUnit => "T1543.002",
+            PersistKind::InitScript => "T1037.004",
+            PersistKind::ShellStartup => "T1546.004",
+            PersistKind::SshKeys => "T1098.004",
+        }
+    }
+}
+
+/// One start-up file.
+#[derive(Debug, Clone)]
+pub struct PersistFile {
+    pub path: String,
+    pub kind: PersistKind,
+    pub meta: FileMeta,
+    pub content: Vec<u8>,
+}
+
+/// Largest start-up file read (bigger ones are not scripts a person wrote).
+const MAX_FILE: usize = 1024 * 1024;
+
+/// Collects every start-up file.
+pub fn collect(host: &Host, users: &Users) -> Vec<PersistFile> {
+    let mut out = Vec::new();
+    let mut add = |path: String, kind: PersistKind| {
+        if out.iter().any(|f: &PersistFile| f.path == path) {
+            return;
+        }
+        let meta = host.file_meta(&path);
+        if !meta.exists {
+            return;
+        }
+        if let Ok(content) = host.read_prefix(&path, MAX_FILE) {
+            out.push(PersistFile {
+                path,
+                kind,
+                meta,
+                content,
+            });
+        }
+    };
+    let files_in = |dir: &str| -> Vec<String> {
+        let mut v: Vec<String> = host
+            .list_dir(dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.file_type != rustix::fs::FileType::Directory)
+            .map(|e| format!("{dir}/{}", String::from_utf8_lossy(&e.name)))
+            .collect();
+        v.sort();
+        v
+    };
+    add("/etc/crontab".into(), PersistKind::Crontab);
+    for f in files_in("/etc/cron.d") {
+        add(f, PersistKind::Crontab);
+    }
+    for d in [
+        "/etc/cron.hourly",
+        "/etc/cron.daily",
+        "/etc/cron.weekly",
+        "/etc/cron.monthly",
+    ] {
+        for f in files_in(d) {
+            add(f, PersistKind::CronScript);
+        }
+    }
+    for d in [
+        "/var/spool/cron",
+        "/var/spool/cron/crontabs",
+        "/var/spool/cron/tabs",
+    ] {
+        for f in files_in(d) {
+            add(f, PersistKind::Crontab);
+        }
+    }
+    let mut unit_dirs: Vec<String> = [
+        "/etc/systemd/system",
+        "/run/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+        "/etc/systemd/user",
+        "/usr/lib/systemd/user",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let homes: Vec<String> = {
+        let mut h: Vec<String> = users
+            .all()
+            .filter(|u| u.uid == 0 || u.home.starts_with("/home/"))
+            .map(|u| u.home.clone())
+            .collect();
+        h.push("/root".into());
+        h.sort();
+        h.dedup();
+        h
+    };
+    for home in &homes {
+        unit_dirs.push(format!("{home}/.config/systemd/user"));
+    }
+    for dir in unit_dirs {
+        // Units and one level of drop-in / .wants directories.
+        for e in host.list_dir(&dir).unwrap_or_default() {
+            let name = String::from_utf8_lossy(&e.name).into_owned();
+            let path = format!("{dir}/{name}");
+            if e.file_type == rustix::fs::FileType::Directory {
+                if name.ends_with(".d") {
+                    for f in files_in(&path) {
+                        if f.ends_with(".conf") {
+                            add(f, PersistKind::SystemdUnit);
+                        }
+                    }
+                }
+            } else if e.file_type == rustix::fs::FileType::RegularFile
+                && (name.ends_with(".service")
+                    || name.ends_with(".timer")
+                    || name.ends_with(".path")
+                    || name.ends_with(".socket"))
+            {
+                add(path, PersistKind::SystemdUnit);
+            }
+        }
+    }
+    add("/etc/rc.local".into(), PersistKind::InitScript);
+    for f in files_in("/etc/init.d") {
+        add(f, PersistKind::InitScript);
+    }
+    for f in ["/etc/profile", "/etc/bash.bashrc", "/etc/environment"] {
+        add(f.into(), PersistKind::ShellStartup);
+    }
+    for f in files_in("/etc/profile.d") {
+        add(f, PersistKind::ShellStartup);
+    }
+    for home in &homes {
+        for f in [
+            ".bashrc",
+            ".profile",
+            ".bash_profile",
+            ".bash_login",
+            ".zshrc",
+        ] {
+            add(format!("{home}/{f}"), PersistKind::ShellStartup);
+        }
+        for f in [".ssh/authorized_keys", ".ssh/authorized_keys2"] {
+            add(format!("{home}/{f}"), PersistKind::SshKeys);
+        }
+    }
+    out
+}

