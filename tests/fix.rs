@@ -345,6 +345,7 @@ fn protected_processes_survive_even_when_a_rule_flags_them() {
     require_root!();
     let _l = lock();
     let dir = tempfile::tempdir().unwrap();
+    let _d = PathGuard("/tmp/quarry-fix-test".into());
     let _a = install_burner("/tmp/quarry-fix-test/qallowed");
     let _v = install_burner("/tmp/quarry-fix-test/qvictim");
     let allowed = start(Command::new("/tmp/quarry-fix-test/qallowed"));

@@ -171,6 +171,7 @@ fn ordinary_busy_processes_are_not_flagged() {
     let _l = lock();
     // A busy loop named like a compiler under /usr/local/bin, and one in /tmp
     // (a build running from /tmp is not a miner).
+    let _dir = PathGuard("/tmp/quarry-build-test".into());
     let _a = install_burner("/usr/local/bin/cc1plus");
     let _b = install_burner("/tmp/quarry-build-test/cc1");
     let a = start(Command::new("/usr/local/bin/cc1plus"));

@@ -141,6 +141,21 @@ pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
     if let Some(t) = &l.tracefs {
         names.extend(t.iter());
     }
+    // More load_module allocations than listed modules: memory no listed
+    // module owns (on 6.1; newer kernels allocate per section via execmem, so
+    // this is supporting evidence only, never a finding by itself).
+    let vmalloc = l
+        .vmalloc_load_module
+        .filter(|n| *n > l.proc_modules.len())
+        .map(|n| {
+            Evidence::new(
+                "vmallocinfo",
+                format!(
+                    "{n} load_module allocations for {} listed modules (/proc/vmallocinfo)",
+                    l.proc_modules.len()
+                ),
+            )
+        });
     let mut hidden = BTreeSet::new();
     for name in names {
         if listed(name) {
@@ -266,6 +281,7 @@ pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
                     evidence.push(Evidence::new("kernel log", line.clone()));
                 }
             }
+            evidence.extend(vmalloc.clone());
             out.push(Finding {
                 remedies: Vec::new(),
                 rule: "module.taint-unexplained".into(),

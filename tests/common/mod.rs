@@ -99,6 +99,9 @@ pub fn install_burner(dest: &str) -> PathGuard {
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).unwrap();
     }
+    // A leftover of an earlier, interrupted run may be immutable.
+    let _ = quarry::respond::case::set_attrs(&dest, false, false);
+    let _ = std::fs::remove_file(&dest);
     std::fs::copy(burner(), &dest).unwrap();
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
     PathGuard(dest)
