@@ -97,6 +97,10 @@ pub struct CensusSummary {
     pub probe_answers: usize,
     pub private_procfs: bool,
     pub hidden: usize,
+    /// TCP/UDP sockets whose inode no visible process holds (kernel sockets
+    /// legitimately have none).
+    pub orphan_sockets: usize,
+    pub orphan_unix_sockets: usize,
     pub probe_ms: f64,
     pub census_ms: f64,
 }
@@ -213,6 +217,7 @@ pub fn run_full(
         });
         let mut census_summary = None;
         let mut census_us = 0;
+        let mut confirm_sleep_us = 0;
         let mut cpu_accounting = None;
         let mut hidden_pids = Vec::new();
         if on(Check::Hidden) {
@@ -222,6 +227,9 @@ pub fn run_full(
             let hidden = detect::hidden::find(host, fresh_host, &census, &snap);
             hidden_pids = hidden.iter().map(|h| h.pid).collect();
             findings.extend(detect::hidden::findings(&hidden, &snap, rules));
+            findings.extend(detect::hidden::socket_findings(
+                &census, rules, &hidden, host, fresh_host,
+            ));
             let acc = detect::hidden::account(&snap);
             // Below 0.2 s, tick granularity (10 ms) makes the comparison noise.
             if acc.is_large() && snap.elapsed >= Duration::from_millis(200) {
@@ -230,6 +238,7 @@ pub fn run_full(
                 o.interval = opts
                     .interval
                     .clamp(Duration::from_millis(500), Duration::from_secs(1));
+                confirm_sleep_us = o.interval.as_micros() as u64;
                 if let Ok(snap2) = collect::sample(host, &o) {
                     let acc2 = detect::hidden::account(&snap2);
                     findings.extend(detect::hidden::cpu_finding(&acc, &acc2));
@@ -249,6 +258,8 @@ pub fn run_full(
                 probe_answers: census.probe_kill.len(),
                 private_procfs: fresh.is_some(),
                 hidden: hidden.len(),
+                orphan_sockets: census.orphan_inet.len(),
+                orphan_unix_sockets: census.orphan_unix,
                 probe_ms: census.probe_time.as_secs_f64() * 1e3,
                 census_ms: census.total_time.as_secs_f64() * 1e3,
             });
@@ -347,7 +358,9 @@ pub fn run_full(
         timing.detect_us = t.elapsed().as_micros() as u64;
         timing.census_us = census_us;
         timing.module_walk_us = walk_us;
-        timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us;
+        timing.confirm_interval_us = confirm_sleep_us;
+        timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us
+            - confirm_sleep_us.min(timing.detect_us);
         let report = Report {
             schema: SCHEMA,
             schema_version: SCHEMA_VERSION,

@@ -410,3 +410,113 @@ fn protected_processes_survive_even_when_a_rule_flags_them() {
     );
     let _ = st;
 }
+
+/// Restores /etc/ld.so.preload on drop (before the library is removed).
+struct PreloadGuard(Option<Vec<u8>>);
+
+impl Drop for PreloadGuard {
+    fn drop(&mut self) {
+        let p = Path::new("/etc/ld.so.preload");
+        let _ = set_attrs(p, false, false);
+        match &self.0 {
+            Some(orig) => {
+                let _ = std::fs::write(p, orig);
+            }
+            None => {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// Unmounts on drop.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+#[test]
+fn fix_removes_a_preload_hider_and_a_proc_cover() {
+    require_root!();
+    let _l = lock();
+    let libdir = PathGuard("/usr/local/lib/quarry-fix-hider".into());
+    std::fs::create_dir_all(&libdir.0).unwrap();
+    let lib = libdir.0.join("libsystem.so");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-DHIDE=\"minerd\"", "-o"])
+        .arg(&lib)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/hider.c"))
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let lib_bytes = std::fs::read(&lib).unwrap();
+    let _d = PathGuard("/tmp/quarry-fix-test".into());
+    let _m = install_burner(MINER);
+    let miner = start(Command::new(MINER));
+    let _h = install_burner("/tmp/quarry-fix-test/kcovered");
+    let covered = start(Command::new("/tmp/quarry-fix-test/kcovered"));
+    let empty = tempfile::tempdir().unwrap();
+    let cover = PathBuf::from(format!("/proc/{}", covered.pid));
+    rustix::mount::mount_bind(empty.path(), &cover).unwrap();
+    let _mg = MountGuard(cover.clone());
+    let original_preload = std::fs::read("/etc/ld.so.preload").ok();
+    let _pg = PreloadGuard(original_preload.clone());
+    let preload_text = format!(
+        "{}{}\n",
+        String::from_utf8_lossy(original_preload.as_deref().unwrap_or_default()),
+        lib.display()
+    );
+    std::fs::write("/etc/ld.so.preload", &preload_text).unwrap();
+
+    let cases = tempfile::tempdir().unwrap();
+    let (st, out) = fix(
+        &[
+            "--yes",
+            "--interval",
+            "0.5",
+            "--case-root",
+            cases.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.contains(&format!("unmounted /proc/{}", covered.pid)),
+        "{out}"
+    );
+    assert!(
+        out.contains("quarantined /usr/local/lib/quarry-fix-hider/libsystem.so"),
+        "{out}"
+    );
+    assert!(st.success(), "{out}");
+    let preload_now = std::fs::read_to_string("/etc/ld.so.preload").unwrap_or_default();
+    assert!(!preload_now.contains("libsystem.so"), "{preload_now}");
+    assert!(!lib.exists());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&format!(" /proc/{} ", covered.pid)),
+        "cover still mounted"
+    );
+    for pid in [miner.pid, covered.pid] {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "PID {pid} still runs: {stat}\n{out}"
+        );
+    }
+    // Restore puts the library and the preload entry back, byte for byte.
+    let case = only_case(cases.path());
+    let r = Command::new(QUARRY)
+        .args(["restore", case.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&lib).unwrap(), lib_bytes);
+    assert_eq!(
+        std::fs::read_to_string("/etc/ld.so.preload").unwrap(),
+        preload_text
+    );
+}

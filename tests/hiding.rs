@@ -40,7 +40,13 @@ fn bind_mount_over_proc_pid_is_seen_through() {
     require_root!();
     let _l = lock();
     let _f = install_burner("/tmp/quarry-bindhidden");
-    let m = start(Command::new("/tmp/quarry-bindhidden"));
+    // It talks to a fake pool: its socket must be explained by the recovered
+    // process, not reported as an ownerless connection.
+    let pool = std::net::TcpListener::bind("127.0.0.1:3334").expect("port 3334 free");
+    let mut cmd = Command::new("/tmp/quarry-bindhidden");
+    cmd.args(["--connect", "3334"]);
+    let m = start(cmd);
+    let _conn = pool.accept().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let proc_dir = PathBuf::from(format!("/proc/{}", m.pid));
     let _mount = bind(empty.path(), &proc_dir);
@@ -73,8 +79,20 @@ fn bind_mount_over_proc_pid_is_seen_through() {
         "hidden CPU not visible: {acc:#}"
     );
     assert!(ev.contains("% of one CPU"), "{ev}");
-    // Not double-reported as a plain miner finding.
+    // It is attributed to the recovered process, so no "hidden CPU" alarm.
+    assert!(recovered > 30.0, "{acc:#}");
+    assert!(
+        !s.findings().iter().any(|f| f["rule"] == "hidden.cpu"),
+        "{:#}",
+        s.json["findings"]
+    );
+    // Not double-reported as a plain miner finding, nor as an ownerless socket.
     assert!(s.miner(m.pid).is_none());
+    assert!(
+        !s.findings().iter().any(|f| f["rule"] == "hidden.socket"),
+        "{:#}",
+        s.json["findings"]
+    );
     assert_eq!(s.code, 1);
 }
 
@@ -274,4 +292,28 @@ fn fixture_bind_mount_line_is_reported() {
         .find(|f| f["rule"] == "hidden.process" && f["subject"]["pid"] == 100)
         .unwrap_or_else(|| panic!("{:#}", s.json["findings"]));
     assert!(f["evidence"].to_string().contains("/tmp/empty /proc/100"));
+}
+
+#[test]
+fn fixture_connection_nobody_owns() {
+    let d = fixture();
+    let r = d.path();
+    put(r, "sys/fs/cgroup/cgroup.procs", "1\n100\n");
+    put(r, "proc/1/task/1/children", "100");
+    put(
+        r,
+        "proc/net/tcp",
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100000A:A1B2 0A0A0A0A:0D05 01 00000000:00000000 00:00000000 00000000     0        0 777777 1 0000000000000000 20 4 30 10 -1\n",
+    );
+    let s = scan(&["--root", r.to_str().unwrap(), "--interval", "0"]);
+    let f = s
+        .findings()
+        .iter()
+        .find(|f| f["rule"] == "hidden.socket")
+        .unwrap_or_else(|| panic!("{:#}", s.json["findings"]));
+    assert!(
+        f["title"].as_str().unwrap().contains("10.10.10.10:3333"),
+        "{f:#}"
+    );
+    assert_eq!(s.json["census"]["orphan_sockets"], 1);
 }

@@ -300,3 +300,35 @@ fn binary_is_static() {
         "binary references libnss_ (static NSS would crash)"
     );
 }
+
+#[test]
+fn not_root_says_what_it_cannot_see_and_goes_on() {
+    require_root!();
+    let _l = lock();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            QUARRY,
+            "scan",
+            "--format",
+            "json",
+            "--interval",
+            "0.3",
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    let code = out.status.code().unwrap();
+    assert!(
+        code == 0 || code == 1,
+        "exit {code}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["host"]["euid"], 65534);
+    let lim = json["limitations"].to_string();
+    assert!(lim.contains("not running as root"), "{lim}");
+    assert!(lim.contains("private procfs"), "{lim}");
+    assert!(!json["top"].as_array().unwrap().is_empty());
+}

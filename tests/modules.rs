@@ -283,3 +283,58 @@ fn seed_module_files_are_identified() {
     }
     assert_eq!(s.code, 1);
 }
+
+#[test]
+fn compressed_module_files_are_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c");
+    let ko = dir.path().join("plain.o");
+    let st = Command::new("cc")
+        .args(["-c", "-DMODNAME=\"snd_pcs\"", "-o"])
+        .arg(&ko)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let raw = std::fs::read(&ko).unwrap();
+    std::fs::remove_file(&ko).unwrap();
+    // gzip
+    {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&raw).unwrap();
+        std::fs::write(dir.path().join("a.ko.gz"), e.finish().unwrap()).unwrap();
+    }
+    // xz
+    let mut xz = Vec::new();
+    lzma_rs::xz_compress(&mut std::io::BufReader::new(&raw[..]), &mut xz).unwrap();
+    std::fs::write(dir.path().join("b.ko.xz"), xz).unwrap();
+    // zstd
+    let zst =
+        ruzstd::encoding::compress_to_vec(&raw[..], ruzstd::encoding::CompressionLevel::Fastest);
+    std::fs::write(dir.path().join("c.ko.zst"), zst).unwrap();
+
+    let s = scan(&[
+        "--only",
+        "modules",
+        "--interval",
+        "0",
+        "--module-path",
+        dir.path().to_str().unwrap(),
+    ]);
+    let files = by_rule(&s, "module.file");
+    assert_eq!(files.len(), 3, "{:#}", s.json["findings"]);
+    for (name, kind) in [("a.ko.gz", "gzip"), ("b.ko.xz", "xz"), ("c.ko.zst", "zstd")] {
+        let f = files
+            .iter()
+            .find(|f| f["subject"]["path"].as_str().unwrap().ends_with(name))
+            .unwrap();
+        let ev = f["evidence"].to_string();
+        assert!(
+            ev.contains(&format!("{kind}-compressed ELF 64-bit LSB relocatable")),
+            "{ev}"
+        );
+        assert_eq!(f["subject"]["name"], "snd_pcs");
+        assert_eq!(f["severity"], "critical", "named like a seed module");
+    }
+}

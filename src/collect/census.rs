@@ -47,6 +47,13 @@ pub struct Census {
     pub proc_mounts: Vec<(i32, Mount)>,
     /// cgroup hierarchies read.
     pub cgroup_roots: Vec<String>,
+    /// Sockets (TCP/UDP) whose inode no listed process holds.
+    pub orphan_inet: Vec<super::net::Socket>,
+    /// Unix sockets whose inode no listed process holds (count).
+    pub orphan_unix: usize,
+    /// Whether every process's fds could be read (root): without that,
+    /// "no owner" means nothing.
+    pub fds_complete: bool,
     pub probe_time: Duration,
     pub total_time: Duration,
 }
@@ -93,6 +100,20 @@ pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
         }
     }
     read_cgroups(host, &all_mounts, &mut c);
+    // Sockets nobody visible owns. Kernel sockets (listeners of in-kernel
+    // services) legitimately have no owner, so this is evidence, not a verdict.
+    let listed: Vec<i32> = c.listed.iter().copied().collect();
+    let owners = super::net::all_socket_owners(host, &listed);
+    c.fds_complete = !host.is_live() || rustix::process::geteuid().is_root();
+    let (inet, unix) = super::net::read_all_inodes(host);
+    c.orphan_inet = inet
+        .into_iter()
+        .filter(|s| s.inode != 0 && !owners.contains_key(&s.inode))
+        .collect();
+    c.orphan_unix = unix
+        .iter()
+        .filter(|i| **i != 0 && !owners.contains_key(i))
+        .count();
     if let Some(f) = fresh {
         c.fresh_listed = f.list_pids("/proc").ok().map(|v| v.into_iter().collect());
     }

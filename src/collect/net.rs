@@ -45,6 +45,52 @@ pub fn read_tcp(host: &Host) -> Vec<Socket> {
     out
 }
 
+/// Every socket inode in `/proc/net/{tcp,tcp6,udp,udp6}` (with its line) and
+/// `/proc/net/unix` (inode only), for the census's orphan-socket view.
+pub fn read_all_inodes(host: &Host) -> (Vec<Socket>, Vec<u64>) {
+    let mut inet = read_tcp(host);
+    for (file, proto) in [("/proc/net/udp", "udp"), ("/proc/net/udp6", "udp6")] {
+        if let Ok(text) = host.read_text(file) {
+            inet.extend(parse_sockets(&text, proto));
+        }
+    }
+    // unix: `Num RefCount Protocol Flags Type St Inode Path`
+    let unix = host
+        .read_text("/proc/net/unix")
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split_ascii_whitespace().nth(6)?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    (inet, unix)
+}
+
+/// All socket inodes held by the given processes: inode → PIDs.
+pub fn all_socket_owners(host: &Host, pids: &[i32]) -> HashMap<u64, Vec<i32>> {
+    let mut owners: HashMap<u64, Vec<i32>> = HashMap::new();
+    for &pid in pids {
+        let dir = format!("/proc/{pid}/fd");
+        let Ok(entries) = host.list_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let Ok(link) = host.read_link(format!("{dir}/{}", String::from_utf8_lossy(&e.name)))
+            else {
+                continue;
+            };
+            if let Some(inode) = socket_inode(&link) {
+                let v = owners.entry(inode).or_default();
+                if !v.contains(&pid) {
+                    v.push(pid);
+                }
+            }
+        }
+    }
+    owners
+}
+
 /// Parses the text of `/proc/net/{tcp,tcp6,udp,udp6}`.
 ///
 /// Columns: `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout

@@ -29,7 +29,8 @@ pub fn assess(snap: &Snapshot, threshold: f64) -> (CpuVerdict, Option<Finding>) 
         per_cpu_percent: snap.per_cpu_percent(),
         interval_seconds: snap.elapsed.as_secs_f64(),
         threshold_percent: threshold,
-        abnormal: busy >= threshold,
+        // Below 0.1 s a few clock ticks decide the share: no verdict.
+        abnormal: busy >= threshold && snap.elapsed.as_millis() >= 100,
         visible_percent: visible.min(100.0),
     };
     if !v.abnormal {

@@ -292,12 +292,21 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
                 rule: "hidden.process".into(),
                 severity: Severity::Critical,
                 verdict: Some("malicious".into()),
-                title: format!(
-                    "PID {} {}is hidden from ps and top (seen by {})",
-                    h.pid,
-                    name.as_ref().map_or(String::new(), |n| format!("\"{n}\" ")),
-                    h.seen_by.join(", ")
-                ),
+                title: if h.mounts.is_empty() {
+                    format!(
+                        "PID {} {}is hidden from ps and top (seen by {})",
+                        h.pid,
+                        name.as_ref().map_or(String::new(), |n| format!("\"{n}\" ")),
+                        h.seen_by.join(", ")
+                    )
+                } else {
+                    format!(
+                        "PID {} {}is hidden from ps and top: something is mounted over /proc/{} (read through a private procfs)",
+                        h.pid,
+                        name.as_ref().map_or(String::new(), |n| format!("\"{n}\" ")),
+                        h.pid
+                    )
+                },
                 subject: Subject {
                     pid: Some(h.pid),
                     name,
@@ -308,6 +317,51 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
                 score: Some(score),
                 evidence,
             }
+        })
+        .collect()
+}
+
+/// Established TCP connections to pool ports that no visible process owns
+/// (and no recovered hidden process explains): `hidden.socket`, medium.
+pub fn socket_findings(
+    census: &Census,
+    rules: &Rules,
+    hidden: &[Hidden],
+    host: &Host,
+    fresh: Option<&Host>,
+) -> Vec<Finding> {
+    if !census.fds_complete {
+        return Vec::new();
+    }
+    let ports = rules.pool_ports();
+    // Sockets held by recovered hidden processes are explained by them.
+    let hidden_pids: Vec<i32> = hidden.iter().map(|h| h.pid).collect();
+    let mut explained = crate::collect::net::all_socket_owners(host, &hidden_pids);
+    if let Some(f) = fresh {
+        explained.extend(crate::collect::net::all_socket_owners(f, &hidden_pids));
+    }
+    census
+        .orphan_inet
+        .iter()
+        .filter(|s| s.state == crate::collect::net::TCP_ESTABLISHED && ports.contains(&s.remote_port))
+        .filter(|s| !explained.contains_key(&s.inode))
+        .map(|s| Finding {
+            remedies: Vec::new(),
+            rule: "hidden.socket".into(),
+            severity: Severity::Medium,
+            verdict: None,
+            title: format!(
+                "An established connection to {} (a mining-pool port) belongs to no visible process",
+                s.remote_str()
+            ),
+            subject: Subject::default(),
+            techniques: vec![Technique::new("T1014"), Technique::new("T1571")],
+            signals: vec![],
+            score: None,
+            evidence: vec![
+                Evidence::new("socket", format!("{} inode {} uid {}", s.proto, s.inode, s.uid)),
+                Evidence::new("check by hand", format!("grep ' {} ' /proc/net/{}; ls -l /proc/*/fd 2>/dev/null | grep {}", s.inode, s.proto, s.inode)),
+            ],
         })
         .collect()
 }
