@@ -268,6 +268,17 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
         if !techs.is_empty() {
             let _ = writeln!(s, "{pad}{} {}", st.dim("ATT&CK:"), techs.join("; "));
         }
+        if !f.remedies.is_empty() {
+            let target = f
+                .subject
+                .pid
+                .map_or_else(|| f.rule.clone(), |p| p.to_string());
+            let _ = writeln!(
+                s,
+                "{pad}{} quarry fix --only {target}   (dry run; add --yes to act, quarry restore undoes it)",
+                st.dim("to remove:")
+            );
+        }
     }
 
     if !r.limitations.is_empty() {

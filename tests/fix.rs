@@ -411,33 +411,6 @@ fn protected_processes_survive_even_when_a_rule_flags_them() {
     let _ = st;
 }
 
-/// Restores /etc/ld.so.preload on drop (before the library is removed).
-struct PreloadGuard(Option<Vec<u8>>);
-
-impl Drop for PreloadGuard {
-    fn drop(&mut self) {
-        let p = Path::new("/etc/ld.so.preload");
-        let _ = set_attrs(p, false, false);
-        match &self.0 {
-            Some(orig) => {
-                let _ = std::fs::write(p, orig);
-            }
-            None => {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-}
-
-/// Unmounts on drop.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
-    }
-}
-
 #[test]
 fn fix_removes_a_preload_hider_and_a_proc_cover() {
     require_root!();

@@ -21,15 +21,6 @@ fn ps_pids() -> Vec<i32> {
         .collect()
 }
 
-/// A bind mount over /proc/PID, lazily unmounted on drop.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
-    }
-}
-
 fn bind(src: &Path, dst: &Path) -> MountGuard {
     rustix::mount::mount_bind(src, dst).expect("bind mount");
     MountGuard(dst.to_path_buf())
@@ -96,22 +87,6 @@ fn bind_mount_over_proc_pid_is_seen_through() {
     assert_eq!(s.code, 1);
 }
 
-/// Restores /etc/ld.so.preload on drop (before the library is removed).
-struct PreloadGuard(Option<Vec<u8>>);
-
-impl Drop for PreloadGuard {
-    fn drop(&mut self) {
-        match &self.0 {
-            Some(orig) => {
-                let _ = std::fs::write("/etc/ld.so.preload", orig);
-            }
-            None => {
-                let _ = std::fs::remove_file("/etc/ld.so.preload");
-            }
-        }
-    }
-}
-
 #[test]
 fn ld_so_preload_hider_is_reported_and_cannot_hide_from_quarry() {
     require_root!();
@@ -129,7 +104,7 @@ fn ld_so_preload_hider_is_reported_and_cannot_hide_from_quarry() {
     assert!(st.success());
     let _file = install_burner("/tmp/minerd");
     let m = start(Command::new("/tmp/minerd"));
-    let _preload = PreloadGuard(std::fs::read("/etc/ld.so.preload").ok());
+    let _preload = PreloadGuard::save();
     std::fs::write("/etc/ld.so.preload", format!("{}\n", lib.display())).unwrap();
     assert!(
         !ps_pids().contains(&m.pid),
@@ -178,13 +153,6 @@ fn storm_of_short_lived_processes_gives_no_hidden_finding() {
         );
         assert!(s.json["census"]["probed"].as_bool().unwrap());
     }
-}
-
-/// Writes a file in a fixture tree, creating directories.
-fn put(root: &Path, path: &str, content: &str) {
-    let p = root.join(path.trim_start_matches('/'));
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, content).unwrap();
 }
 
 /// A minimal fixture of a Linux root with processes 1 and 100.

@@ -10,12 +10,6 @@ use std::process::Command;
 
 use common::*;
 
-fn put(root: &Path, path: &str, content: &str) {
-    let p = root.join(path.trim_start_matches('/'));
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, content).unwrap();
-}
-
 /// A fixture with a modular kernel, many ordinary modules and nothing wrong.
 fn clean_fixture() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();

@@ -69,26 +69,7 @@ pub fn read_all_inodes(host: &Host) -> (Vec<Socket>, Vec<u64>) {
 
 /// All socket inodes held by the given processes: inode → PIDs.
 pub fn all_socket_owners(host: &Host, pids: &[i32]) -> HashMap<u64, Vec<i32>> {
-    let mut owners: HashMap<u64, Vec<i32>> = HashMap::new();
-    for &pid in pids {
-        let dir = format!("/proc/{pid}/fd");
-        let Ok(entries) = host.list_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let Ok(link) = host.read_link(format!("{dir}/{}", String::from_utf8_lossy(&e.name)))
-            else {
-                continue;
-            };
-            if let Some(inode) = socket_inode(&link) {
-                let v = owners.entry(inode).or_default();
-                if !v.contains(&pid) {
-                    v.push(pid);
-                }
-            }
-        }
-    }
-    owners
+    scan_fds(host, pids, |_| true)
 }
 
 /// Parses the text of `/proc/net/{tcp,tcp6,udp,udp6}`.
@@ -140,13 +121,18 @@ fn parse_addr(s: &str) -> Option<(IpAddr, u16)> {
     Some((ip, port))
 }
 
-/// Finds which processes hold the given socket inodes, by reading the
-/// `socket:[INODE]` links in `/proc/PID/fd`. Stops early once all are found.
+/// Finds which processes hold the given socket inodes.
 pub fn socket_owners(host: &Host, pids: &[i32], wanted: &HashSet<u64>) -> HashMap<u64, Vec<i32>> {
-    let mut owners: HashMap<u64, Vec<i32>> = HashMap::new();
     if wanted.is_empty() {
-        return owners;
+        return HashMap::new();
     }
+    scan_fds(host, pids, |inode| wanted.contains(&inode))
+}
+
+/// Reads the `socket:[INODE]` links in `/proc/PID/fd` of each process and
+/// keeps the inodes `keep` accepts: inode → PIDs.
+fn scan_fds(host: &Host, pids: &[i32], keep: impl Fn(u64) -> bool) -> HashMap<u64, Vec<i32>> {
+    let mut owners: HashMap<u64, Vec<i32>> = HashMap::new();
     for &pid in pids {
         let dir = format!("/proc/{pid}/fd");
         let Ok(entries) = host.list_dir(&dir) else {
@@ -157,13 +143,14 @@ pub fn socket_owners(host: &Host, pids: &[i32], wanted: &HashSet<u64>) -> HashMa
             else {
                 continue;
             };
-            if let Some(inode) = socket_inode(&link) {
-                if wanted.contains(&inode) {
+            match socket_inode(&link) {
+                Some(inode) if keep(inode) => {
                     let v = owners.entry(inode).or_default();
                     if !v.contains(&pid) {
                         v.push(pid);
                     }
                 }
+                _ => {}
             }
         }
     }

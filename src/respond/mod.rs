@@ -152,7 +152,7 @@ const SYSTEM_DIRS: &[&str] = &[
 ];
 
 /// Why a process must not be touched, if it must not.
-pub fn protected(p: &Process, snap: &Snapshot, allow: &Allowlist) -> Option<String> {
+pub fn protected(p: &Process, allow: &Allowlist) -> Option<String> {
     let me = std::process::id() as i32;
     if p.pid == 1 {
         return Some("PID 1 (init) is never touched".into());
@@ -192,7 +192,6 @@ pub fn protected(p: &Process, snap: &Snapshot, allow: &Allowlist) -> Option<Stri
             return Some("allowlisted path".into());
         }
     }
-    let _ = snap;
     None
 }
 
@@ -230,7 +229,7 @@ pub fn plan(findings: &[Finding], snap: &Snapshot, opts: &FixOptions) -> Plan {
                     let Some(p) = snap.processes.get(pid) else {
                         // A hidden process read through the private procfs.
                         if let Some(p) = hidden_process(*pid, *starttime) {
-                            add_process(&mut plan, &p, snap, opts, "miner", &f.title);
+                            add_process(&mut plan, &p, opts, "miner", &f.title);
                         }
                         continue;
                     };
@@ -240,7 +239,7 @@ pub fn plan(findings: &[Finding], snap: &Snapshot, opts: &FixOptions) -> Plan {
                         ));
                         continue;
                     }
-                    add_process(&mut plan, p, snap, opts, "miner", &f.title);
+                    add_process(&mut plan, p, opts, "miner", &f.title);
                 }
                 Remedy::QuarantineFile { path } => {
                     if !seen_files.insert(path.clone()) {
@@ -328,7 +327,7 @@ pub fn plan(findings: &[Finding], snap: &Snapshot, opts: &FixOptions) -> Plan {
                 "its command line restarts the miner PID {} ({})",
                 m.pid, m.exe
             );
-            add_process(&mut plan, q, snap, opts, "restarter", &why);
+            add_process(&mut plan, q, opts, "restarter", &why);
         }
     }
     // Restarters stop first.
@@ -343,18 +342,11 @@ fn hidden_process(pid: i32, starttime: u64) -> Option<Process> {
     (p.stat.starttime == starttime).then_some(p)
 }
 
-fn add_process(
-    plan: &mut Plan,
-    p: &Process,
-    snap: &Snapshot,
-    opts: &FixOptions,
-    role: &'static str,
-    why: &str,
-) {
+fn add_process(plan: &mut Plan, p: &Process, opts: &FixOptions, role: &'static str, why: &str) {
     if plan.processes.iter().any(|x| x.pid == p.pid) {
         return;
     }
-    if let Some(reason) = protected(p, snap, &opts.allowlist) {
+    if let Some(reason) = protected(p, &opts.allowlist) {
         plan.refused
             .push(format!("PID {} {} — {reason}", p.pid, escape(p.name())));
         return;
@@ -558,21 +550,15 @@ pub fn execute(plan: &Plan, case_root: &Path, before: &impl Serialize) -> anyhow
         case,
         done_count: 0,
     };
-    r.step(
-        Action::Open {
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            quarry_version: env!("CARGO_PKG_VERSION").into(),
-        },
-        |_| {
-            Ok(Action::Open {
-                host: String::new(),
-                quarry_version: env!("CARGO_PKG_VERSION").into(),
-            })
-        },
-    );
+    let open = Action::Open {
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        quarry_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let open2 = open.clone();
+    r.step(open, |_| Ok(open2));
 
     // 1. pidfds, checked against the scan's start time (a reused PID is skipped).
     let mut fds = Vec::new();

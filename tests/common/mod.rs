@@ -223,3 +223,45 @@ pub fn quarry(args: &[&str]) -> (i32, Vec<u8>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Writes a file in a fixture tree, creating directories.
+pub fn put(root: &Path, path: &str, content: &str) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+/// A mount (e.g. a bind mount over /proc/PID), lazily unmounted on drop.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// Restores /etc/ld.so.preload (or its absence) on drop; declare it after the
+/// guard of the library it names, so it is restored before the library goes.
+pub struct PreloadGuard(pub Option<Vec<u8>>);
+
+impl PreloadGuard {
+    /// Remembers the current /etc/ld.so.preload.
+    pub fn save() -> PreloadGuard {
+        PreloadGuard(std::fs::read("/etc/ld.so.preload").ok())
+    }
+}
+
+impl Drop for PreloadGuard {
+    fn drop(&mut self) {
+        let p = Path::new("/etc/ld.so.preload");
+        let _ = quarry::respond::case::set_attrs(p, false, false);
+        match &self.0 {
+            Some(orig) => {
+                let _ = std::fs::write(p, orig);
+            }
+            None => {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
