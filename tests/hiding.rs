@@ -134,13 +134,16 @@ fn ld_so_preload_hider_is_reported_and_cannot_hide_from_quarry() {
 }
 
 #[test]
-fn storm_of_short_lived_processes_gives_no_hidden_finding() {
+fn storm_of_short_lived_processes_and_threads_gives_no_hidden_finding() {
     require_root!();
     let _l = lock();
     let mut cmd = Command::new(burner());
     cmd.args(["--fork-storm", "20"]);
     let _storm = start(cmd);
-    for _ in 0..3 {
+    let mut cmd = Command::new(burner());
+    cmd.args(["--thread-storm", "16"]);
+    let _threads = start(cmd);
+    for _ in 0..10 {
         let s = scan(&["--interval", "0.5", "--only", "hidden"]);
         let bad: Vec<_> = s
             .findings()

@@ -30,6 +30,9 @@ pub const UNEXPLAINED_ALERT_PERCENT: f64 = 10.0;
 /// about 24 µs each; 30 µs is used so that storms never raise `hidden.cpu`.
 pub const EXIT_OVERHEAD_SECONDS: f64 = 30e-6;
 
+/// Delay before the second check of a hidden-process candidate.
+pub const RECHECK_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// A hidden process, with what each view said.
 #[derive(Debug, Clone)]
 pub struct Hidden {
@@ -58,24 +61,51 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
         .into_iter()
         .collect();
 
-    // 1. PIDs that some view sees but no listing accounts for.
-    let mut by_tgid: BTreeMap<i32, (BTreeSet<&'static str>, Vec<i32>)> = BTreeMap::new();
-    for (pid, views) in census.unaccounted() {
+    // 1. PIDs that some view sees but no listing accounts for. Checked twice,
+    // RECHECK_DELAY apart: a task that is being created or is exiting (a
+    // thread between its last probe answer and its release, Quarry's own probe
+    // threads among them) must not be reported.
+    let me = std::process::id() as i32;
+    let still_hidden = |pid: i32, relisted: &BTreeSet<i32>| -> Option<i32> {
         if relisted.contains(&pid) {
-            continue; // born during the census: listed now
+            return None; // born during the census: listed now
+        }
+        let tgid = read_tgid(host, pid).or_else(|| fresh.and_then(|f| read_tgid(f, pid)));
+        if live && tgid.is_none() && !census::kill_probe(pid) && !census::getpgid_probe(pid) {
+            return None; // exited meanwhile
+        }
+        let tgid = tgid.unwrap_or(pid);
+        if tgid == me {
+            return None; // one of Quarry's own threads
+        }
+        if tgid != pid && (relisted.contains(&tgid) || census.listed.contains(&tgid)) {
+            return None; // a thread created after its (visible) process's task list was read
         }
         if live && !census::kill_probe(pid) && !census::getpgid_probe(pid) {
-            continue; // exited meanwhile
+            return None;
         }
-        let tgid = read_tgid(host, pid)
-            .or_else(|| fresh.and_then(|f| read_tgid(f, pid)))
-            .unwrap_or(pid);
-        if tgid != pid && (relisted.contains(&tgid) || census.listed.contains(&tgid)) {
-            continue; // a thread created after its (visible) process's task list was read
-        }
+        Some(tgid)
+    };
+    let mut candidates: Vec<(i32, Vec<&'static str>, i32)> = Vec::new();
+    for (pid, views) in census.unaccounted() {
         if live && !relisted.is_empty() && views.iter().all(|v| *v == "proc-mount") {
             continue; // a mount point named like a PID that does not exist
         }
+        if let Some(tgid) = still_hidden(pid, &relisted) {
+            candidates.push((pid, views, tgid));
+        }
+    }
+    if live && !candidates.is_empty() {
+        std::thread::sleep(RECHECK_DELAY);
+        let relisted2: BTreeSet<i32> = host
+            .list_pids("/proc")
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        candidates.retain(|(pid, _, _)| still_hidden(*pid, &relisted2).is_some());
+    }
+    let mut by_tgid: BTreeMap<i32, (BTreeSet<&'static str>, Vec<i32>)> = BTreeMap::new();
+    for (pid, views, tgid) in candidates {
         let e = by_tgid.entry(tgid).or_default();
         e.0.extend(views);
         e.1.push(pid);

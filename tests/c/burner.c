@@ -2,7 +2,8 @@
  * idles), and can rename itself, re-execute itself from a memfd, and connect
  * to a fake pool on 127.0.0.1. It prints "ready" when set up.
  *
- *   burner [--name NAME] [--memfd NAME] [--connect PORT] [--idle] [--fork-storm N] [ignored args...]
+ *   burner [--name NAME] [--memfd NAME] [--connect PORT] [--idle] [--fork-storm N]
+ *          [--thread-storm N] [ignored args...]
  *
  * Unknown arguments are ignored, so tests can add miner-looking ones
  * (stratum URLs, wallets) to the command line.
@@ -19,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <pthread.h>
 
 extern char **environ;
 
@@ -44,15 +46,18 @@ static int memfd_reexec(const char *name, int argc, char **argv) {
     return -1;
 }
 
+static void *short_thread(void *arg) { return arg; }
+
 int main(int argc, char **argv) {
     const char *name = NULL, *memfd = NULL;
-    int port = 0, idle = 0, storm = 0;
+    int port = 0, idle = 0, storm = 0, tstorm = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--name") == 0 && i + 1 < argc) name = argv[++i];
         else if (strcmp(argv[i], "--memfd") == 0 && i + 1 < argc) memfd = argv[++i];
         else if (strcmp(argv[i], "--connect") == 0 && i + 1 < argc) port = atoi(argv[++i]);
         else if (strcmp(argv[i], "--idle") == 0) idle = 1;
         else if (strcmp(argv[i], "--fork-storm") == 0 && i + 1 < argc) storm = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--thread-storm") == 0 && i + 1 < argc) tstorm = atoi(argv[++i]);
     }
     if (memfd) {
         memfd_reexec(memfd, argc, argv);
@@ -73,6 +78,15 @@ int main(int argc, char **argv) {
     }
     printf("ready %d\n", (int)getpid());
     fflush(stdout);
+    if (tstorm) {
+        /* A storm of short-lived threads: create, join, forever. */
+        pthread_t t[64];
+        if (tstorm > 64) tstorm = 64;
+        for (;;) {
+            for (int i = 0; i < tstorm; i++) pthread_create(&t[i], NULL, short_thread, NULL);
+            for (int i = 0; i < tstorm; i++) pthread_join(t[i], NULL);
+        }
+    }
     if (storm) {
         /* A storm of short-lived processes: fork, exit, reap, forever. */
         for (;;) {

@@ -80,7 +80,7 @@ pub fn compile(name: &str, extra: &[&str]) -> PathBuf {
 
 /// The CPU burner (tests/c/burner.c).
 pub fn burner() -> PathBuf {
-    compile("burner", &[])
+    compile("burner", &["-pthread"])
 }
 
 /// Removes a path (file or directory tree) on drop.
