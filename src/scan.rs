@@ -289,7 +289,7 @@ pub fn run_full(
             }
             let loaded = collect::modules::read_loaded(host);
             if let Some(r) = &loaded.reason {
-                limitations.push(format!("not applicable: {r}"));
+                limitations.push(r.clone());
             }
             findings.extend(detect::modules::file_findings(&files, rules));
             findings.extend(detect::modules::loaded_findings(host, &loaded));

@@ -301,6 +301,11 @@ pub fn plan(findings: &[Finding], snap: &Snapshot, opts: &FixOptions) -> Plan {
             "a hidden kernel module cannot be unloaded safely: after this fix removes its files, reboot the machine".into(),
         );
     }
+    if !plan.units.is_empty() {
+        plan.notes.push(
+            "on a systemd host, run `systemctl daemon-reload` after the fix so systemd forgets the disabled units".into(),
+        );
+    }
     // Restarters: shells (or programs in temp places) whose command line
     // names a planned miner, e.g. `sh -c 'while :; do /tmp/minerd; sleep 1; done'`.
     let miners: Vec<PlannedProcess> = plan.processes.clone();
