@@ -10,7 +10,7 @@
 //! tags in `/proc/kallsyms`, tracefs `available_filter_functions`,
 //! `/proc/vmallocinfo`, the taint mask and the kernel log.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -93,72 +93,173 @@ pub struct WalkStats {
     pub elapsed_ms: f64,
 }
 
-/// Finds kernel module files under `roots`.
+/// Finds kernel module files under `roots`, on every CPU: workers share a
+/// queue of directories (the walk is bound by `getdents64` and `stat` system
+/// calls, which run in parallel).
 pub fn find_files(
     host: &Host,
     roots: &[String],
     limits: &WalkLimits,
 ) -> (Vec<ModuleFile>, WalkStats) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+
     let t0 = Instant::now();
-    let mut stats = WalkStats {
-        roots: roots.to_vec(),
-        ..WalkStats::default()
-    };
-    let mut out = Vec::new();
-    let mut seen_dirs: HashSet<(u64, u64)> = HashSet::new();
-    let mut stack: Vec<(String, usize)> = roots.iter().rev().map(|r| (r.clone(), 0)).collect();
-    'walk: while let Some((dir, depth)) = stack.pop() {
-        if SKIP_DIRS
-            .iter()
-            .any(|s| dir == *s || dir.starts_with(&format!("{s}/")))
-        {
-            continue;
+    // Roots inside other roots (after resolving links: /lib/udev is
+    // /usr/lib/udev on merged-/usr systems) are walked under their own name,
+    // which is the path an administrator knows, and skipped in the outer
+    // walk. Inside a tree no link is followed, so no directory needs a stat to
+    // be recognised twice.
+    let canon: Vec<Option<std::path::PathBuf>> = roots
+        .iter()
+        .map(|r| std::fs::canonicalize(host.path(r)).ok())
+        .collect();
+    let mut start = Vec::new();
+    let mut skip: Vec<String> = Vec::new();
+    for (i, r) in roots.iter().enumerate() {
+        let Some(c) = &canon[i] else { continue };
+        if canon[..i].iter().any(|o| o.as_ref() == Some(c)) {
+            continue; // the same directory named twice
         }
-        // Follow a root given as a symlink (/lib -> /usr/lib) but never a link
-        // inside the tree; visit each directory once.
-        let Ok(st) = host.stat(&dir) else { continue };
-        if !seen_dirs.insert((st.st_dev, st.st_ino)) {
-            continue;
-        }
-        let Ok(entries) = host.list_dir(&dir) else {
-            continue;
-        };
-        stats.dirs += 1;
-        for e in entries {
-            stats.files += 1;
-            if stats.files > limits.max_entries {
-                stats.truncated = Some(format!("stopped after {} entries", limits.max_entries));
-                break 'walk;
-            }
-            if stats.files % 4096 == 0 && t0.elapsed() > limits.max_time {
-                stats.truncated = Some(format!(
-                    "stopped after {:.0} s",
-                    limits.max_time.as_secs_f64()
-                ));
-                break 'walk;
-            }
-            let name = String::from_utf8_lossy(&e.name).into_owned();
-            let path = if dir.ends_with('/') {
-                format!("{dir}{name}")
-            } else {
-                format!("{dir}/{name}")
-            };
-            use rustix::fs::FileType;
-            match e.file_type {
-                FileType::Directory if depth < limits.max_depth => {
-                    stack.push((path, depth + 1));
+        start.push((r.clone(), 0usize));
+        for (j, o) in canon.iter().enumerate() {
+            let Some(o) = o else { continue };
+            if j != i && o != c {
+                if let Ok(rest) = o.strip_prefix(c) {
+                    // roots[j] lies inside r: r's walk skips it.
+                    skip.push(format!("{}/{}", r.trim_end_matches('/'), rest.display()));
                 }
-                FileType::RegularFile | FileType::Unknown => {
-                    if let Some(m) = inspect_candidate(host, &path, &name, &mut stats) {
-                        out.push(m);
-                    }
-                }
-                _ => {}
             }
         }
     }
+    start.reverse();
+    // (queue, workers busy with a directory)
+    let queue: Mutex<(Vec<(String, usize)>, usize)> = Mutex::new((start, 0));
+    let wake = Condvar::new();
+    let entries_seen = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let truncated: Mutex<Option<String>> = Mutex::new(None);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+
+    let worker = || {
+        let mut out = Vec::new();
+        let mut stats = WalkStats::default();
+        loop {
+            let (dir, depth) = {
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return (out, stats);
+                    }
+                    if let Some(item) = q.0.pop() {
+                        q.1 += 1;
+                        break item;
+                    }
+                    if q.1 == 0 {
+                        wake.notify_all();
+                        return (out, stats);
+                    }
+                    q = wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let mut subdirs = Vec::new();
+            walk_one(
+                host,
+                &dir,
+                depth,
+                limits,
+                &skip,
+                &mut subdirs,
+                &mut out,
+                &mut stats,
+            );
+            let total = entries_seen.fetch_add(stats.files, Ordering::Relaxed) + stats.files;
+            stats.files = 0;
+            if total > limits.max_entries || t0.elapsed() > limits.max_time {
+                let why = if total > limits.max_entries {
+                    format!("stopped after {} entries", limits.max_entries)
+                } else {
+                    format!("stopped after {:.0} s", limits.max_time.as_secs_f64())
+                };
+                truncated
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(why);
+                stop.store(true, Ordering::Relaxed);
+            }
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.0.extend(subdirs);
+            q.1 -= 1;
+            wake.notify_all();
+        }
+    };
+    let results: Vec<(Vec<ModuleFile>, WalkStats)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers).map(|_| s.spawn(worker)).collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let mut stats = WalkStats {
+        roots: roots.to_vec(),
+        files: entries_seen.load(Ordering::Relaxed),
+        truncated: truncated.into_inner().unwrap_or_else(|e| e.into_inner()),
+        ..WalkStats::default()
+    };
+    let mut out = Vec::new();
+    for (files, st) in results {
+        out.extend(files);
+        stats.dirs += st.dirs;
+        stats.sniffed += st.sniffed;
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup_by(|a, b| a.path == b.path);
     stats.elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
     (out, stats)
+}
+
+/// Lists one directory: module candidates into `out`, subdirectories into `subdirs`.
+#[allow(clippy::too_many_arguments)]
+fn walk_one(
+    host: &Host,
+    dir: &str,
+    depth: usize,
+    limits: &WalkLimits,
+    skip: &[String],
+    subdirs: &mut Vec<(String, usize)>,
+    out: &mut Vec<ModuleFile>,
+    stats: &mut WalkStats,
+) {
+    let skipped = |s: &str| dir == s || dir.starts_with(&format!("{s}/"));
+    if SKIP_DIRS.iter().any(|s| skipped(s)) || (depth > 0 && skip.iter().any(|s| skipped(s))) {
+        return;
+    }
+    let Ok(entries) = host.list_dir(dir) else {
+        return;
+    };
+    stats.dirs += 1;
+    let join = |name: &str| {
+        if dir.ends_with('/') {
+            format!("{dir}{name}")
+        } else {
+            format!("{dir}/{name}")
+        }
+    };
+    for e in entries {
+        stats.files += 1;
+        let name = String::from_utf8_lossy(&e.name);
+        use rustix::fs::FileType;
+        match e.file_type {
+            FileType::Directory if depth < limits.max_depth => {
+                subdirs.push((join(&name), depth + 1))
+            }
+            FileType::RegularFile | FileType::Unknown if worth_a_look(&name) => {
+                if let Some(m) = inspect_candidate(host, &join(&name), &name, stats) {
+                    out.push(m);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn compression_of(name: &str) -> Option<Option<&'static str>> {
@@ -175,6 +276,25 @@ fn compression_of(name: &str) -> Option<Option<&'static str>> {
     }
 }
 
+/// Whether a file name is worth a look: a module name, or a name that looks
+/// like a program or object (no extension, a hidden name, `.o`/`.so`/`.bin`-
+/// like) — not the hundreds of thousands of scripts, headers and data files
+/// under /usr/lib. Deciding from the name avoids a stat (and even building the
+/// path) for most files.
+fn worth_a_look(name: &str) -> bool {
+    if compression_of(name).is_some() {
+        return true;
+    }
+    let ext = name.rsplit_once('.').map(|(_, e)| e);
+    ext.is_none()
+        || name.starts_with('.')
+        || name.contains(".so.")
+        || matches!(
+            ext,
+            Some("o" | "so" | "bin" | "mod" | "dat" | "tmp" | "cache")
+        )
+}
+
 fn inspect_candidate(
     host: &Host,
     path: &str,
@@ -183,21 +303,6 @@ fn inspect_candidate(
 ) -> Option<ModuleFile> {
     if let Some(compression) = compression_of(name) {
         return Some(inspect(host, path, compression, true));
-    }
-    // Sniff only names that look like programs or objects: no extension, a
-    // hidden name, or `.o`/`.so`/`.bin`-like — not the hundreds of thousands of
-    // scripts, headers and data files under /usr/lib (deciding from the name
-    // avoids a stat per file).
-    let ext = name.rsplit_once('.').map(|(_, e)| e);
-    let programish = ext.is_none()
-        || name.starts_with('.')
-        || name.contains(".so.")
-        || matches!(
-            ext,
-            Some("o" | "so" | "bin" | "mod" | "dat" | "tmp" | "cache")
-        );
-    if !programish {
-        return None;
     }
     let st = host.lstat(path).ok()?;
     let size = st.st_size as u64;
