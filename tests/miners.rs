@@ -341,3 +341,55 @@ fn not_root_says_what_it_cannot_see_and_goes_on() {
     assert_eq!(t["user"], "root");
     assert_eq!(t["exe_state"], "unreadable");
 }
+
+/// Kills a whole process group on drop.
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pg) = rustix::process::Pid::from_raw(self.0) {
+            let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[test]
+fn miner_in_another_network_namespace_is_tied_to_its_pool() {
+    require_root!();
+    let _l = lock();
+    let _f = install_burner("/dev/shm/quarry-netns-miner");
+    // A container-like network namespace with its own loopback, a fake pool
+    // on 127.0.0.1:3333 inside it, and the miner connected to it.
+    let script = format!(
+        "ip link set lo up && {{ {} --listen 3333 >/dev/null & }}; sleep 0.3; exec /dev/shm/quarry-netns-miner --connect 3333",
+        burner().display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "sh", "-c", &script]).process_group(0);
+    let m = start(cmd);
+    let _group = GroupGuard(m.child.id() as i32);
+    let own_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let its_ns = std::fs::read_link(format!("/proc/{}/ns/net", m.pid)).unwrap();
+    assert_ne!(
+        own_ns, its_ns,
+        "the miner is not in its own network namespace"
+    );
+    let s = scan(&[]);
+    let ids = s.signal_ids(m.pid);
+    assert!(
+        ids.iter().any(|i| i == "pool-port"),
+        "{ids:?}: {:#}",
+        s.json["findings"]
+    );
+    let f = s.miner(m.pid).unwrap();
+    let port = f["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "pool-port")
+        .unwrap();
+    assert!(
+        port["detail"].as_str().unwrap().contains("127.0.0.1:3333"),
+        "{port:#}"
+    );
+}

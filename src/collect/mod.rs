@@ -159,7 +159,7 @@ pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
         processes.insert(pid, p);
     }
 
-    let sockets = net::read_tcp(host);
+    let sockets = net::read_tcp_all_namespaces(host, &pids1);
     let wanted: HashSet<u64> = sockets
         .iter()
         .filter(|s| s.state == net::TCP_ESTABLISHED && opts.pool_ports.contains(&s.remote_port))

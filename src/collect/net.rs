@@ -45,6 +45,40 @@ pub fn read_tcp(host: &Host) -> Vec<Socket> {
     out
 }
 
+/// TCP sockets of every network namespace the given processes live in.
+///
+/// `/proc/net/tcp` shows only the reader's namespace: a miner in a container
+/// talks to its pool from the container's namespace. Each distinct namespace
+/// (`/proc/PID/ns/net`) is read once, through one of its processes
+/// (`/proc/PID/net/tcp`). Socket inodes are unique machine-wide, so the
+/// lists merge without clashes.
+pub fn read_tcp_all_namespaces(host: &Host, pids: &[i32]) -> Vec<Socket> {
+    let mut out = read_tcp(host);
+    let mut seen_ns: HashSet<Vec<u8>> = HashSet::new();
+    if let Ok(own) = host.read_link("/proc/self/ns/net") {
+        seen_ns.insert(own);
+    }
+    let mut inodes: HashSet<u64> = out.iter().map(|s| s.inode).collect();
+    for &pid in pids {
+        let Ok(ns) = host.read_link(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if !seen_ns.insert(ns) {
+            continue;
+        }
+        for (file, proto) in [("tcp", "tcp"), ("tcp6", "tcp6")] {
+            if let Ok(text) = host.read_text(format!("/proc/{pid}/net/{file}")) {
+                for s in parse_sockets(&text, proto) {
+                    if inodes.insert(s.inode) {
+                        out.push(s);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Every socket inode in `/proc/net/{tcp,tcp6,udp,udp6}` (with its line) and
 /// `/proc/net/unix` (inode only), for the census's orphan-socket view.
 pub fn read_all_inodes(host: &Host) -> (Vec<Socket>, Vec<u64>) {

@@ -3,7 +3,7 @@
  * to a fake pool on 127.0.0.1. It prints "ready" when set up.
  *
  *   burner [--name NAME] [--memfd NAME] [--connect PORT] [--idle] [--fork-storm N]
- *          [--thread-storm N] [ignored args...]
+ *          [--thread-storm N] [--listen PORT] [ignored args...]
  *
  * Unknown arguments are ignored, so tests can add miner-looking ones
  * (stratum URLs, wallets) to the command line.
@@ -50,12 +50,13 @@ static void *short_thread(void *arg) { return arg; }
 
 int main(int argc, char **argv) {
     const char *name = NULL, *memfd = NULL;
-    int port = 0, idle = 0, storm = 0, tstorm = 0;
+    int port = 0, idle = 0, storm = 0, tstorm = 0, listen_port = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--name") == 0 && i + 1 < argc) name = argv[++i];
         else if (strcmp(argv[i], "--memfd") == 0 && i + 1 < argc) memfd = argv[++i];
         else if (strcmp(argv[i], "--connect") == 0 && i + 1 < argc) port = atoi(argv[++i]);
         else if (strcmp(argv[i], "--idle") == 0) idle = 1;
+        else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) listen_port = atoi(argv[++i]);
         else if (strcmp(argv[i], "--fork-storm") == 0 && i + 1 < argc) storm = atoi(argv[++i]);
         else if (strcmp(argv[i], "--thread-storm") == 0 && i + 1 < argc) tstorm = atoi(argv[++i]);
     }
@@ -65,6 +66,23 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (name) prctl(PR_SET_NAME, name, 0, 0, 0);
+    if (listen_port) {
+        /* A fake pool: accept connections on 127.0.0.1 and keep them open. */
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(listen_port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int ls = socket(AF_INET, SOCK_STREAM, 0);
+        int one = 1;
+        setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(ls, (struct sockaddr *)&a, sizeof a) != 0 || listen(ls, 16) != 0) { perror("listen"); return 1; }
+        printf("ready %d\n", (int)getpid());
+        fflush(stdout);
+        for (;;) {
+            int c = accept(ls, NULL, NULL);
+            (void)c;
+        }
+    }
     int sock = -1;
     if (port) {
         struct sockaddr_in a = {0};
