@@ -319,6 +319,16 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
         st.paint("32", "VERDICT: no miner found")
     };
     let _ = writeln!(s, "\n{line}");
+    if sm.malicious > 0
+        || r.findings
+            .iter()
+            .any(|f| !f.remedies.is_empty() && f.severity >= Severity::High)
+    {
+        let _ = writeln!(
+            s,
+            "Next: `quarry fix` prints the removal plan (nothing changes without --yes; `quarry restore` undoes a fix)."
+        );
+    }
     let _ = writeln!(
         s,
         "{}",
