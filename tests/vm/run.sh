@@ -14,7 +14,7 @@
 #   VM_BOOT_TIMEOUT  seconds allowed per boot (default 240)
 #   VM_SMP           guest CPUs (default 1)
 #   VM_KEEP_LOGS     a directory to copy the console logs to (default: none)
-# Prints `vm test: N passed, M failed` and exits 1 when anything failed.
+# Prints `vm: N passed, M failed` and exits 1 when anything failed.
 # See tests/vm/README.md.
 set -euo pipefail
 
@@ -28,7 +28,7 @@ smp=${VM_SMP:-1}
 say() { echo "vm: $*"; }
 die() {
     echo "vm: error: $*" >&2
-    echo "vm test: 0 passed, 1 failed"
+    echo "vm: 0 passed, 1 failed"
     exit 1
 }
 now_ms() { date +%s%3N; }
@@ -194,5 +194,5 @@ t_end=$(now_ms)
 say "times: packages $(elapsed "$t_start" "$t_packages") s, module $(elapsed "$t_packages" "$t_module") s," \
     "initramfs $(elapsed "$t_module" "$t_initrd") s, boot hidden ${boot_time[hidden]} s," \
     "boot clean ${boot_time[clean]} s, total $(elapsed "$t_start" "$t_end") s"
-echo "vm test: $passed passed, $failed failed"
+echo "vm: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
