@@ -418,14 +418,7 @@ fn fix_removes_a_preload_hider_and_a_proc_cover() {
     let libdir = PathGuard("/usr/local/lib/quarry-fix-hider".into());
     std::fs::create_dir_all(&libdir.0).unwrap();
     let lib = libdir.0.join("libsystem.so");
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-DHIDE=\"minerd\"", "-o"])
-        .arg(&lib)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/hider.c"))
-        .arg("-ldl")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    build_hider(&lib, "minerd");
     let lib_bytes = std::fs::read(&lib).unwrap();
     let _d = PathGuard("/tmp/quarry-fix-test".into());
     let _m = install_burner(MINER);

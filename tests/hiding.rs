@@ -94,14 +94,7 @@ fn ld_so_preload_hider_is_reported_and_cannot_hide_from_quarry() {
     let libdir = PathGuard("/usr/local/lib/quarry-test-hider".into());
     std::fs::create_dir_all(&libdir.0).unwrap();
     let lib = libdir.0.join("libsystem.so");
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-DHIDE=\"minerd\"", "-o"])
-        .arg(&lib)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/hider.c"))
-        .arg("-ldl")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    build_hider(&lib, "minerd");
     let _file = install_burner("/tmp/minerd");
     let m = start(Command::new("/tmp/minerd"));
     let _preload = PreloadGuard::save();
@@ -160,17 +153,8 @@ fn storm_of_short_lived_processes_and_threads_gives_no_hidden_finding() {
 
 /// A minimal fixture of a Linux root with processes 1 and 100.
 fn fixture() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
+    let d = base_fixture();
     let r = d.path();
-    put(
-        r,
-        "proc/stat",
-        "cpu  100 0 100 1000 0 0 0 0 0 0\ncpu0 100 0 100 1000 0 0 0 0 0 0\nbtime 1700000000\n",
-    );
-    put(r, "proc/uptime", "1000.0 900.0\n");
-    put(r, "proc/sys/kernel/hostname", "fixture\n");
-    put(r, "proc/sys/kernel/osrelease", "6.1.0-fixture\n");
-    put(r, "proc/sys/kernel/pid_max", "32768\n");
     put(
         r,
         "proc/self/mountinfo",

@@ -12,17 +12,8 @@ use common::*;
 
 /// A fixture with a modular kernel, many ordinary modules and nothing wrong.
 fn clean_fixture() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
+    let d = base_fixture();
     let r = d.path();
-    put(
-        r,
-        "proc/stat",
-        "cpu  100 0 100 1000 0 0 0 0 0 0\ncpu0 100 0 100 1000 0 0 0 0 0 0\nbtime 1700000000\n",
-    );
-    put(r, "proc/uptime", "1000.0 900.0\n");
-    put(r, "proc/sys/kernel/osrelease", "6.1.0-fixture\n");
-    put(r, "proc/sys/kernel/tainted", "0\n");
-    put(r, "proc/self/mountinfo", "");
     let mut modules = String::new();
     let mut kallsyms =
         String::from("ffffffff81000000 T _stext\nffffffff81000100 t bpf_prog_x\t[bpf]\n");

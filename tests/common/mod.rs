@@ -265,3 +265,36 @@ impl Drop for PreloadGuard {
         }
     }
 }
+
+/// The files every fixture root needs: CPU counters, uptime, kernel facts.
+pub fn base_fixture() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    put(
+        r,
+        "proc/stat",
+        "cpu  100 0 100 1000 0 0 0 0 0 0\ncpu0 100 0 100 1000 0 0 0 0 0 0\nbtime 1700000000\n",
+    );
+    put(r, "proc/uptime", "1000.0 900.0\n");
+    put(r, "proc/sys/kernel/hostname", "fixture\n");
+    put(r, "proc/sys/kernel/osrelease", "6.1.0-fixture\n");
+    put(r, "proc/sys/kernel/pid_max", "32768\n");
+    put(r, "proc/sys/kernel/tainted", "0\n");
+    put(r, "proc/self/mountinfo", "");
+    d
+}
+
+/// Builds the ld.so.preload readdir hider (tests/c/hider.c) into `lib`,
+/// hiding processes named `hide`.
+pub fn build_hider(lib: &Path, hide: &str) {
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1"])
+        .arg(format!("-DHIDE=\"{hide}\""))
+        .arg("-o")
+        .arg(lib)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/hider.c"))
+        .arg("-ldl")
+        .status()
+        .expect("cc");
+    assert!(st.success(), "building the hider");
+}
