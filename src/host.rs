@@ -355,14 +355,24 @@ impl Host {
         let is_reg = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
         if is_reg || is_dir {
-            let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-            if let Ok(fd) = rustix::fs::open(&p, flags, Mode::empty()) {
-                if let Ok(f) = rustix::fs::ioctl_getflags(&fd) {
-                    m.immutable = f.contains(rustix::fs::IFlags::IMMUTABLE);
-                    m.append_only = f.contains(rustix::fs::IFlags::APPEND);
-                }
+            if let Ok((immutable, append_only)) = inode_attrs(&p) {
+                m.immutable = immutable;
+                m.append_only = append_only;
             }
         }
         m
     }
+}
+
+/// The immutable and append-only attributes of a file or directory (the
+/// `FS_IOC_GETFLAGS` ioctl, as `lsattr` reads them). Does not follow a final
+/// symlink and never blocks on a FIFO.
+pub fn inode_attrs(path: &Path) -> io::Result<(bool, bool)> {
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let fd = rustix::fs::open(path, flags, Mode::empty())?;
+    let f = rustix::fs::ioctl_getflags(&fd)?;
+    Ok((
+        f.contains(rustix::fs::IFlags::IMMUTABLE),
+        f.contains(rustix::fs::IFlags::APPEND),
+    ))
 }

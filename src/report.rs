@@ -194,7 +194,7 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
     if let Some(a) = &r.cpu_accounting {
         let _ = writeln!(
             s,
-            "{} kernel task time {:.1}% = visible processes {:.1}% + recovered hidden {:.1}% + unexplained {:.1}% (alert at {:.1}%){}",
+            "{} the kernel counted {:.1}% of all CPUs busy in processes; visible processes explain {:.1}%, hidden processes Quarry found {:.1}%, nothing explains {:.1}% (alarm at {:.1}%){}",
             st.bold("CPU accounting:"),
             a.kernel_busy_percent,
             a.visible_percent,
@@ -202,7 +202,7 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
             a.unexplained_percent,
             a.alert_percent,
             a.cgroup_percent
-                .map_or(String::new(), |c| format!("; root cgroup {c:.1}%"))
+                .map_or(String::new(), |c| format!("; cgroup accounting says {c:.1}%"))
         );
     }
 

@@ -146,6 +146,12 @@ fn fix(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String
     (out.status, text)
 }
 
+/// `quarry restore CASE`, which must succeed.
+fn restore(case: &Path) {
+    let (code, _, err) = quarry(&["restore", case.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+}
+
 fn only_case(root: &Path) -> PathBuf {
     let cases: Vec<PathBuf> = std::fs::read_dir(root)
         .unwrap()
@@ -220,15 +226,7 @@ fn fix_removes_the_miner_for_good_and_restore_brings_everything_back() {
     );
 
     // Restore: byte-identical files, lines back, attributes back.
-    let out = Command::new(QUARRY)
-        .args(["restore", case.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restore(&case);
     assert_eq!(std::fs::read(MINER).unwrap(), original);
     assert_eq!(
         std::fs::metadata(MINER).unwrap().permissions().mode() & 0o7777,
@@ -244,11 +242,7 @@ fn fix_removes_the_miner_for_good_and_restore_brings_everything_back() {
         quarry::respond::case::get_attrs(Path::new(ROOT_CRONTAB)).unwrap(),
         (true, false)
     );
-    let listed = Command::new(QUARRY)
-        .args(["cases", "--case-root", root])
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout);
+    let listed = String::from_utf8(quarry(&["cases", "--case-root", root]).1).unwrap();
     assert!(
         listed.contains("[restored]") && listed.contains("quarantined"),
         "{listed}"
@@ -321,20 +315,9 @@ fn interrupted_fix_is_recovered_by_restore() {
     );
     assert_eq!(st.signal(), Some(9), "quarry was not interrupted:\n{out}");
     let case = only_case(cases.path());
-    let listed = Command::new(QUARRY)
-        .args(["cases", "--case-root", root])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&listed.stdout).contains("INTERRUPTED"));
-    let out = Command::new(QUARRY)
-        .args(["restore", case.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let listed = String::from_utf8(quarry(&["cases", "--case-root", root]).1).unwrap();
+    assert!(listed.contains("INTERRUPTED"), "{listed}");
+    restore(&case);
     assert_eq!(std::fs::read(MINER).unwrap(), original);
     assert_eq!(std::fs::read_to_string(CRON_D).unwrap(), CRON_D_TEXT);
     assert_eq!(std::fs::read_to_string(ROOT_CRONTAB).unwrap(), CRONTAB_TEXT);
@@ -475,11 +458,7 @@ fn fix_removes_a_preload_hider_and_a_proc_cover() {
     }
     // Restore puts the library and the preload entry back, byte for byte.
     let case = only_case(cases.path());
-    let r = Command::new(QUARRY)
-        .args(["restore", case.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    restore(&case);
     assert_eq!(std::fs::read(&lib).unwrap(), lib_bytes);
     assert_eq!(
         std::fs::read_to_string("/etc/ld.so.preload").unwrap(),

@@ -84,18 +84,15 @@ fn memfd_executed_miner() {
     let m = start(cmd);
     let s = scan(&[]);
     assert_malicious(&s, m.pid, &["exe-memfd", "miner-name", "high-cpu"]);
-    let f = s.miner(m.pid).unwrap();
-    let memfd = f["signals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "exe-memfd")
-        .unwrap();
+    let memfd = s.signal(m.pid, "exe-memfd");
     assert!(
         memfd["detail"].as_str().unwrap().contains("not sealed"),
         "{memfd:#}"
     );
-    assert_eq!(f["subject"]["path"], "/memfd:kdevtmpfsi (deleted)");
+    assert_eq!(
+        s.miner(m.pid).unwrap()["subject"]["path"],
+        "/memfd:kdevtmpfsi (deleted)"
+    );
 }
 
 #[test]
@@ -152,13 +149,7 @@ fn dev_shm_miner_connected_to_fake_pool() {
             "exe-in-temp-dir",
         ],
     );
-    let f = s.miner(m.pid).unwrap();
-    let port = f["signals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "pool-port")
-        .unwrap();
+    let port = s.signal(m.pid, "pool-port");
     assert!(
         port["detail"].as_str().unwrap().contains("127.0.0.1:3333"),
         "{port:#}"
@@ -381,13 +372,7 @@ fn miner_in_another_network_namespace_is_tied_to_its_pool() {
         "{ids:?}: {:#}",
         s.json["findings"]
     );
-    let f = s.miner(m.pid).unwrap();
-    let port = f["signals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "pool-port")
-        .unwrap();
+    let port = s.signal(m.pid, "pool-port");
     assert!(
         port["detail"].as_str().unwrap().contains("127.0.0.1:3333"),
         "{port:#}"

@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use crate::host::Host;
 
+/// Names of shell programs (a watchdog loop or a cron line runs through one).
+pub const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh"];
+
 /// `PF_KTHREAD` in `/proc/PID/stat` field 9 (`flags`): set for kernel threads
 /// (include/linux/sched.h). Kernel threads have no user-space executable.
 pub const PF_KTHREAD: u32 = 0x0020_0000;

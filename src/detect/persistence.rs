@@ -3,6 +3,7 @@
 
 use super::{Evidence, Finding, Remedy, Severity, Subject, Technique};
 use crate::collect::persistence::{PersistFile, PersistKind};
+use crate::collect::process::SHELLS;
 use crate::escape::escape;
 use crate::rules::{Kind, Rules};
 
@@ -28,7 +29,6 @@ const DOWNLOADERS: &[&str] = &[
     "ftp",
     "scp",
 ];
-const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "ash"];
 
 fn basename(s: &str) -> &str {
     s.rsplit('/').next().unwrap_or(s)

@@ -72,15 +72,8 @@ impl SavedMeta {
     }
 }
 
-/// Reads the immutable and append-only attributes (`FS_IOC_GETFLAGS`).
-pub fn get_attrs(path: &Path) -> io::Result<(bool, bool)> {
-    let f = File::open(path)?;
-    let fl = rustix::fs::ioctl_getflags(&f)?;
-    Ok((
-        fl.contains(rustix::fs::IFlags::IMMUTABLE),
-        fl.contains(rustix::fs::IFlags::APPEND),
-    ))
-}
+/// Reads the immutable and append-only attributes (see [`inode_attrs`]).
+pub use crate::host::inode_attrs as get_attrs;
 
 /// Sets or clears the immutable and append-only attributes.
 pub fn set_attrs(path: &Path, immutable: bool, append_only: bool) -> io::Result<()> {

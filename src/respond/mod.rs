@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::collect::process::Process;
+use crate::collect::process::{Process, SHELLS};
 use crate::collect::Snapshot;
 use crate::detect::{Finding, Remedy, Severity};
 use crate::escape::escape;
@@ -59,14 +59,7 @@ impl Allowlist {
         toml::from_str(&text).map_err(|e| {
             let (line, col) = e
                 .span()
-                .map(|s| {
-                    let before = &text[..s.start.min(text.len())];
-                    (
-                        before.matches('\n').count() + 1,
-                        before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
-                    )
-                })
-                .unwrap_or((1, 1));
+                .map_or((1, 1), |s| crate::rules::line_col(&text, s.start));
             anyhow::anyhow!(
                 "{}:{line}:{col}: invalid allowlist: {}",
                 path.display(),
@@ -135,7 +128,6 @@ pub struct FixOptions {
     pub allowlist: Allowlist,
 }
 
-const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"];
 /// System directories: files here are package-managed; quarantining one needs
 /// a critical finding or `--force`.
 const SYSTEM_DIRS: &[&str] = &[
@@ -316,7 +308,7 @@ pub fn plan(findings: &[Finding], snap: &Snapshot, opts: &FixOptions) -> Plan {
         let Ok(exe) = &q.exe else { continue };
         let base =
             String::from_utf8_lossy(crate::collect::process::basename(&exe.path)).into_owned();
-        if !SHELLS.contains(&base.as_str()) {
+        if !SHELLS.contains(&base.as_str()) && base != "busybox" {
             continue;
         }
         let cmd = String::from_utf8_lossy(&q.cmdline.join(&b' ')).into_owned();

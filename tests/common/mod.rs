@@ -180,6 +180,14 @@ impl Scan {
             .unwrap_or_default()
     }
 
+    /// One signal of the miner finding for a PID.
+    pub fn signal(&self, pid: i32, id: &str) -> &Value {
+        self.miner(pid)
+            .and_then(|f| f["signals"].as_array())
+            .and_then(|v| v.iter().find(|s| s["id"] == id))
+            .unwrap_or_else(|| panic!("no {id} signal for PID {pid}: {:#}", self.json["findings"]))
+    }
+
     pub fn malicious_pids(&self) -> Vec<i64> {
         self.findings()
             .iter()
