@@ -94,9 +94,10 @@ impl Host {
         self.root.join(rel)
     }
 
-    /// Reads a whole file.
+    /// Reads a whole file (at most [`MAX_READ`] bytes), never blocking: see
+    /// [`read_regular`].
     pub fn read(&self, path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
-        std::fs::read(self.path(path))
+        read_regular(&self.path(path), MAX_READ)
     }
 
     /// Reads a whole file as text, replacing invalid UTF-8 (for kernel-written
@@ -109,13 +110,54 @@ impl Host {
         })
     }
 
-    /// Reads at most `limit` bytes of a file (for files that may be huge).
+    /// Reads at most `limit` bytes of a file (for files that may be huge),
+    /// never blocking: see [`read_regular`].
     pub fn read_prefix(&self, path: impl AsRef<Path>, limit: usize) -> io::Result<Vec<u8>> {
-        use std::io::Read;
-        let file = std::fs::File::open(self.path(path))?;
-        let mut buf = Vec::with_capacity(limit.min(64 * 1024));
-        file.take(limit as u64).read_to_end(&mut buf)?;
-        Ok(buf)
+        read_regular(&self.path(path), limit)
+    }
+
+    /// Device, inode and size of what a path names (following links); `None`
+    /// unless it is a regular file.
+    pub fn ident(&self, path: &[u8]) -> Option<(u64, u64, u64)> {
+        let st = rustix::fs::stat(self.path(bytes_to_path(path))).ok()?;
+        (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some((
+            st.st_dev,
+            st.st_ino,
+            st.st_size as u64,
+        ))
+    }
+
+    /// SHA-256 of a regular file (following links), up to [`MAX_HASHED`].
+    pub fn sha256_of(&self, path: &[u8]) -> Option<String> {
+        let data = read_regular(&self.path(bytes_to_path(path)), MAX_HASHED).ok()?;
+        Some(crate::collect::modules::sha256_hex(&data))
+    }
+
+    /// The identity of a regular file as the scan judged it (device, inode,
+    /// size, mtime, SHA-256 of the content), with the path it really is (every
+    /// symbolic link resolved). `quarry fix` acts on a file only if the object
+    /// it opens still has this identity. `None` if the path is not a regular
+    /// file (or the host is not the live machine, where fix cannot act).
+    pub fn file_id(&self, path: &[u8]) -> Option<FileId> {
+        if !self.is_live() {
+            return None;
+        }
+        let real = std::fs::canonicalize(bytes_to_path(path)).ok()?;
+        let real = real.into_os_string().into_vec_bytes();
+        let fd = open_regular(&bytes_to_path(&real), OFlags::NOFOLLOW).ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        let data = read_fd(&fd, MAX_HASHED).ok()?;
+        if data.len() as i64 != st.st_size {
+            return None; // larger than we hash, or changing under us
+        }
+        Some(FileId {
+            path: BytePath(real),
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+            sha256: crate::collect::modules::sha256_hex(&data),
+        })
     }
 
     /// The raw target of a symbolic link (for `/proc/PID/exe`, `cwd`, `fd/N`).
@@ -248,6 +290,127 @@ pub fn list_dir_raw(path: &Path) -> io::Result<Vec<DirEntry>> {
         });
     }
     Ok(out)
+}
+
+/// Largest file [`Host::read`] returns whole: every file Quarry reads whole is
+/// a kernel interface or a small configuration file; a bigger one is cut here
+/// rather than filling memory.
+pub const MAX_READ: usize = 64 * 1024 * 1024;
+
+/// Largest file whose SHA-256 pins its identity for `quarry fix` (miners,
+/// libraries, scripts and modules are far smaller).
+pub const MAX_HASHED: usize = 256 * 1024 * 1024;
+
+/// Opens a file for reading without ever blocking or taking a terminal:
+/// `O_NONBLOCK` (a FIFO planted where a start-up file should be opens at once
+/// instead of waiting for a writer), `O_NOCTTY`, and then `fstat` must show a
+/// regular file (a FIFO, socket or device is refused with `EINVAL`). `extra`
+/// adds flags such as `O_NOFOLLOW`.
+///
+/// Reads made by the scan follow a final symbolic link (a start-up file that is
+/// a link is judged by what it points to); every action of `quarry fix` opens
+/// with `O_NOFOLLOW` through `respond::safe_fs` instead.
+pub fn open_regular(path: &Path, extra: OFlags) -> io::Result<rustix::fd::OwnedFd> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC | extra,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: not a regular file (a FIFO, socket or device is never read)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(fd)
+}
+
+/// Reads at most `limit` bytes of a regular file (see [`open_regular`]).
+pub fn read_regular(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
+    let fd = open_regular(path, OFlags::empty())?;
+    read_fd(&fd, limit)
+}
+
+/// Reads at most `limit` bytes from a file descriptor. Continues past short
+/// reads (a kernel file may return less than asked before its end) until a
+/// read returns 0 or the limit is reached.
+pub fn read_fd(fd: impl rustix::fd::AsFd, limit: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(limit.min(64 * 1024));
+    let mut buf = vec![0u8; 64 * 1024];
+    while out.len() < limit {
+        let want = buf.len().min(limit - out.len());
+        match rustix::io::read(&fd, &mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// A path kept as the kernel's bytes, from the kernel to the action. In JSON it
+/// is a string when it is valid UTF-8, and an array of bytes otherwise, so a
+/// journal read back names exactly the same file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BytePath(pub Vec<u8>);
+
+impl BytePath {
+    pub fn new(b: impl Into<Vec<u8>>) -> BytePath {
+        BytePath(b.into())
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn to_path(&self) -> PathBuf {
+        bytes_to_path(&self.0)
+    }
+    /// Escaped for display (see [`crate::escape`]).
+    pub fn display(&self) -> String {
+        crate::escape::escape(&self.0)
+    }
+}
+
+impl serde::Serialize for BytePath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(t) => s.serialize_str(t),
+            Err(_) => self.0.serialize(s),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BytePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Bytes(Vec<u8>),
+        }
+        Ok(BytePath(match Repr::deserialize(d)? {
+            Repr::Text(t) => t.into_bytes(),
+            Repr::Bytes(b) => b,
+        }))
+    }
+}
+
+/// What the scan saw of a file it asks `quarry fix` to act on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    /// The file's real path, every symbolic link resolved.
+    pub path: BytePath,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Seconds and nanoseconds since the epoch.
+    pub mtime: (i64, i64),
+    pub sha256: String,
 }
 
 /// Converts raw bytes into a path.

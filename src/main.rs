@@ -37,7 +37,7 @@ enum Command {
     Fix(FixArgs),
     /// Put back everything a fix removed or changed (a case id or folder).
     Restore {
-        /// Case id (from `quarry cases`) or the case folder.
+        /// Case id (from `quarry cases`), found under --case-root only.
         case: String,
         /// Folder that holds cases.
         #[arg(long, default_value = quarry::respond::case::DEFAULT_CASE_ROOT)]
@@ -56,10 +56,10 @@ struct FixArgs {
     /// Carry out the plan (without it, only print it).
     #[arg(long)]
     yes: bool,
-    /// Act only on these findings: PIDs, rule ids or rule prefixes (comma-separated).
+    /// Act only on these findings: PIDs, rule ids, rule prefixes or file paths (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Also act on findings that are only suspicious, and on system files.
+    /// Also act on findings that are only suspicious or not proven, on package-owned and system files, and on plans over 25 files.
     #[arg(long)]
     force: bool,
     /// Processes and files never to touch (TOML; default /etc/quarry/allowlist.toml if present).
@@ -251,7 +251,7 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
         force: a.force,
         allowlist,
     };
-    let plan = respond::plan(&report.findings, &snap, &fix_opts);
+    let plan = respond::plan(&host, &report.findings, &snap, &fix_opts);
     let json = a.format == Format::Json;
     if !json {
         print!("{}", respond::describe(&plan));
@@ -271,7 +271,7 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
         }
         return Ok(u8::from(!plan.is_empty()));
     }
-    let outcome = respond::execute(&plan, &a.case_root, &report)?;
+    let outcome = respond::execute(&host, &plan, &a.case_root, &report)?;
     if !json {
         println!("\nDone ({}):", outcome.case_dir);
         for d in &outcome.done {
@@ -280,13 +280,18 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
         for f in &outcome.failed {
             println!("  FAILED: {f}");
         }
+        for f in &outcome.skipped {
+            println!("  not touched: {f}");
+        }
     }
     // Verify: give restarters a chance to show themselves, then scan again.
     std::thread::sleep(Duration::from_secs(2));
     let after = scan::run(&host, &rules, &opts)?;
-    std::fs::write(
-        std::path::Path::new(&outcome.case_dir).join("scan-after.json"),
-        serde_json::to_vec_pretty(&after)?,
+    respond::case::add_file(
+        &a.case_root,
+        &outcome.case_id,
+        "scan-after.json",
+        &serde_json::to_vec_pretty(&after)?,
     )?;
     let remaining: Vec<&quarry::detect::Finding> = after
         .findings
@@ -296,19 +301,18 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
     let respawned: Vec<String> = plan
         .processes
         .iter()
-        .filter(|p| !p.exe.is_empty())
+        .filter(|p| !p.exe.as_bytes().is_empty())
         .filter_map(|p| {
+            let exe = p.exe.display();
             let running: Vec<i32> = after
                 .top
                 .iter()
                 .filter(|t| {
-                    t.exe.as_deref().map(|e| e.trim_end_matches(" (deleted)"))
-                        == Some(p.exe.as_str())
+                    t.exe.as_deref().map(|e| e.trim_end_matches(" (deleted)")) == Some(exe.as_str())
                 })
                 .map(|t| t.pid)
                 .collect();
-            (!running.is_empty())
-                .then(|| format!("{} is running again as PID {:?}", p.exe, running))
+            (!running.is_empty()).then(|| format!("{exe} is running again as PID {running:?}"))
         })
         .collect();
     if json {
@@ -336,27 +340,38 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
         for r in &respawned {
             println!("  RESPAWNED: {r}");
         }
-        println!("Undo everything with: quarry restore {}", outcome.case_dir);
+        if a.case_root == std::path::Path::new(quarry::respond::case::DEFAULT_CASE_ROOT) {
+            println!("Undo everything with: quarry restore {}", outcome.case_id);
+        } else {
+            println!(
+                "Undo everything with: quarry restore --case-root {} {}",
+                a.case_root.display(),
+                outcome.case_id
+            );
+        }
     }
     Ok(u8::from(
         !remaining.is_empty() || !respawned.is_empty() || !outcome.failed.is_empty(),
     ))
 }
 
-/// `quarry restore`.
+/// `quarry restore`: a case is found by id under the case root, never in
+/// the current directory (a folder anyone can write there is not a case).
 fn cmd_restore(case: &str, root: &std::path::Path) -> anyhow::Result<u8> {
-    let dir = if std::path::Path::new(case).is_dir() {
-        PathBuf::from(case)
-    } else {
-        root.join(case)
-    };
-    if !dir.join("journal.jsonl").exists() {
-        anyhow::bail!(
-            "{}: not a Quarry case (no journal.jsonl); `quarry cases` lists them",
-            dir.display()
-        );
+    if !rustix::process::geteuid().is_root() {
+        anyhow::bail!("quarry restore needs root: it puts back files with their owners");
     }
-    for line in quarry::respond::restore(&dir)? {
+    let id = match case.rsplit_once('/') {
+        // A full path is accepted only when it names a case under the root.
+        Some((dir, id)) if std::path::Path::new(dir) == root => id,
+        Some(_) => anyhow::bail!(
+            "{}: cases are found by id under {} (use --case-root for another root; `quarry cases` lists them)",
+            quarry::escape::escape(case.as_bytes()),
+            root.display()
+        ),
+        None => case,
+    };
+    for line in quarry::respond::restore(root, id)? {
         println!("{line}");
     }
     Ok(0)

@@ -327,26 +327,37 @@ pub fn run_full(
                     let exe = p
                         .and_then(|p| p.exe.as_ref().ok())
                         .filter(|e| !e.memfd)
-                        .map(|e| String::from_utf8_lossy(&e.path).into_owned());
+                        .map(|e| e.path.clone());
                     let name = p
                         .map(|p| String::from_utf8_lossy(p.name()).into_owned())
                         .or_else(|| f.subject.name.clone())
                         .unwrap_or_default();
+                    // Identity through /proc/PID/exe: a deleted file has one too.
+                    let exe_link = format!("/proc/{pid}/exe");
                     Some(detect::persistence::Flagged {
                         pid,
                         name,
                         exe,
+                        exe_id: host.ident(exe_link.as_bytes()),
+                        sha256: host.sha256_of(exe_link.as_bytes()),
                         malicious: f.verdict.as_deref() == Some("malicious"),
                     })
                 })
                 .collect();
             let files = collect::persistence::collect(host, &snap.users);
-            findings.extend(detect::persistence::findings(&files, &flagged, rules));
+            let lookup = detect::persistence::Lookup {
+                stat: &|p| host.ident(p),
+                sha256: &|p| host.sha256_of(p),
+            };
+            findings.extend(detect::persistence::findings(
+                &files, &flagged, rules, &lookup,
+            ));
         }
         if on(Check::Cpu) {
             findings.extend(cpu_finding);
         }
         findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+        pin_files(host, &mut findings);
         let top = top_processes(host, &snap, &findings, opts.top);
         let summary = Summary {
             malicious: count_verdict(&findings, "malicious"),
@@ -454,6 +465,35 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+/// Records, at scan time, the identity (real path, device, inode, size,
+/// mtime, SHA-256) of every file a remedy names, so that `quarry fix` acts only
+/// on the object the scan judged.
+fn pin_files(host: &Host, findings: &mut [Finding]) {
+    use detect::Remedy;
+    let mut seen: std::collections::HashMap<Vec<u8>, Option<crate::host::FileId>> =
+        std::collections::HashMap::new();
+    for f in findings.iter_mut() {
+        for r in f.remedies.iter_mut() {
+            let (path, id) = match r {
+                Remedy::QuarantineFile { path, id, .. } | Remedy::RemoveLine { path, id, .. } => {
+                    (path, id)
+                }
+                _ => continue,
+            };
+            *id = seen
+                .entry(path.0.clone())
+                .or_insert_with(|| host.file_id(&path.0))
+                .clone();
+        }
+    }
+}
+
+/// The first 12 characters of a container id, as `docker ps` shows it. Counted
+/// in characters, never bytes: a cgroup name is chosen by whoever created it.
+fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
 /// The systemd unit and container of a process, from `/proc/PID/cgroup`.
 ///
 /// Uses the v2 line (`0::/path`) or, on v1, the `name=systemd` hierarchy. The
@@ -497,7 +537,7 @@ pub fn cgroup_context(text: &[u8]) -> (Option<String>, Option<String>) {
                 .strip_prefix(prefix)
                 .and_then(|r| r.strip_suffix(".scope"))
             {
-                container = Some(format!("{kind} {}", &id[..id.len().min(12)]));
+                container = Some(format!("{kind} {}", short_id(id)));
             }
         }
         if (*c == "docker" || *c == "lxc" || *c == "lxc.payload") && i + 1 < comps.len() {
@@ -505,7 +545,7 @@ pub fn cgroup_context(text: &[u8]) -> (Option<String>, Option<String>) {
             container = Some(format!(
                 "{} {}",
                 c.trim_end_matches(".payload"),
-                &id[..id.len().min(12)]
+                short_id(id)
             ));
         }
         if let Some(name) = c.strip_prefix("lxc.payload.") {
@@ -524,6 +564,9 @@ mod tests {
 
     #[test]
     fn cgroup_units_and_containers() {
+        // Multibyte names (a delegated subtree) never split a character.
+        let (_, c) = cgroup_context("0::/docker/ééééééééééééé\n".as_bytes());
+        assert_eq!(c.as_deref(), Some("docker éééééééééééé"));
         let (u, c) = cgroup_context(b"0::/system.slice/nginx.service\n");
         assert_eq!(u.as_deref(), Some("nginx.service"));
         assert!(c.is_none());

@@ -146,14 +146,18 @@ fn fix(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String
     (out.status, text)
 }
 
-/// `quarry restore CASE`, which must succeed.
+/// Where cases go (the default; inside the sandbox it is an overlay).
+const CASES: &str = "/var/lib/quarry/cases";
+
+/// `quarry restore ID`, which must succeed.
 fn restore(case: &Path) {
-    let (code, _, err) = quarry(&["restore", case.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let id = case.file_name().unwrap().to_str().unwrap();
+    let (code, out, err) = quarry(&["restore", id]);
+    assert_eq!(code, 0, "{err}{}", String::from_utf8_lossy(&out));
 }
 
-fn only_case(root: &Path) -> PathBuf {
-    let cases: Vec<PathBuf> = std::fs::read_dir(root)
+fn only_case() -> PathBuf {
+    let cases: Vec<PathBuf> = std::fs::read_dir(CASES)
         .unwrap()
         .flatten()
         .map(|e| e.path())
@@ -162,16 +166,18 @@ fn only_case(root: &Path) -> PathBuf {
     cases[0].clone()
 }
 
+/// The `--only` scope of the fix scenario: the miner and its start-up files.
+fn scope() -> String {
+    let pids: Vec<String> = pids_running(MINER).iter().map(|p| p.to_string()).collect();
+    format!("{},{CRON_D},{ROOT_CRONTAB}", pids.join(","))
+}
+
 #[test]
 fn fix_removes_the_miner_for_good_and_restore_brings_everything_back() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("fix_removes_the_miner_for_good_and_restore_brings_everything_back");
     let mut s = Scenario::new();
     let original = plant(&mut s, true);
-    let cases = tempfile::tempdir().unwrap();
-    let root = cases.path().to_str().unwrap();
-
-    let (st, out) = fix(&["--yes", "--interval", "0.5", "--case-root", root], &[]);
+    let (st, out) = fix(&["--yes", "--interval", "0.5", "--only", &scope()], &[]);
     assert!(st.success(), "fix failed:\n{out}");
     assert!(
         out.contains("froze PID") && out.contains("killed PID"),
@@ -201,7 +207,7 @@ fn fix_removes_the_miner_for_good_and_restore_brings_everything_back() {
     );
 
     // The case holds the file, with a correct manifest, not executable.
-    let case = only_case(cases.path());
+    let case = only_case();
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(case.join("manifest.json")).unwrap()).unwrap();
     let q = manifest
@@ -242,7 +248,7 @@ fn fix_removes_the_miner_for_good_and_restore_brings_everything_back() {
         quarry::respond::case::get_attrs(Path::new(ROOT_CRONTAB)).unwrap(),
         (true, false)
     );
-    let listed = String::from_utf8(quarry(&["cases", "--case-root", root]).1).unwrap();
+    let listed = String::from_utf8(quarry(&["cases"]).1).unwrap();
     assert!(
         listed.contains("[restored]") && listed.contains("quarantined"),
         "{listed}"
@@ -261,21 +267,11 @@ fn state() -> (Vec<u8>, String, String, Vec<i32>) {
 
 #[test]
 fn dry_run_changes_nothing() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("dry_run_changes_nothing");
     let mut s = Scenario::new();
     plant(&mut s, false);
-    let cases = tempfile::tempdir().unwrap();
     let before = state();
-    let (st, out) = fix(
-        &[
-            "--interval",
-            "0.5",
-            "--case-root",
-            cases.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (st, out) = fix(&["--interval", "0.5"], &[]);
     assert_eq!(st.code(), Some(1), "{out}");
     assert!(out.contains("Dry run: nothing was changed"), "{out}");
     assert!(
@@ -292,30 +288,26 @@ fn dry_run_changes_nothing() {
     assert_eq!(before.2, after.2);
     // The same miner process still runs (a dry run freezes and kills nothing).
     assert_eq!(before.3, after.3, "{out}");
-    assert_eq!(
-        std::fs::read_dir(cases.path()).unwrap().count(),
-        0,
+    assert!(
+        std::fs::read_dir(CASES).map_or(true, |d| d.count() == 0),
         "a dry run created a case"
     );
 }
 
 #[test]
 fn interrupted_fix_is_recovered_by_restore() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("interrupted_fix_is_recovered_by_restore");
     let mut s = Scenario::new();
     let original = plant(&mut s, false);
-    let cases = tempfile::tempdir().unwrap();
-    let root = cases.path().to_str().unwrap();
     // Killed right after the 8th completed step: after the cron edits and the
     // kills, around the quarantine.
     let (st, out) = fix(
-        &["--yes", "--interval", "0.5", "--case-root", root],
+        &["--yes", "--interval", "0.5", "--only", &scope()],
         &[("QUARRY_FIX_CRASH_AFTER", "8")],
     );
     assert_eq!(st.signal(), Some(9), "quarry was not interrupted:\n{out}");
-    let case = only_case(cases.path());
-    let listed = String::from_utf8(quarry(&["cases", "--case-root", root]).1).unwrap();
+    let case = only_case();
+    let listed = String::from_utf8(quarry(&["cases"]).1).unwrap();
     assert!(listed.contains("INTERRUPTED"), "{listed}");
     restore(&case);
     assert_eq!(std::fs::read(MINER).unwrap(), original);
@@ -325,8 +317,7 @@ fn interrupted_fix_is_recovered_by_restore() {
 
 #[test]
 fn protected_processes_survive_even_when_a_rule_flags_them() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("protected_processes_survive_even_when_a_rule_flags_them");
     let dir = tempfile::tempdir().unwrap();
     let _d = PathGuard("/tmp/quarry-fix-test".into());
     let _a = install_burner("/tmp/quarry-fix-test/qallowed");
@@ -337,23 +328,25 @@ fn protected_processes_survive_even_when_a_rule_flags_them() {
         .unwrap()
         .trim()
         .to_string();
-    let me = std::fs::read_to_string("/proc/self/comm")
-        .unwrap()
-        .trim()
-        .to_string();
+    // Quarry runs under a shell that stays its parent: an ancestor to protect.
     let rules = dir.path().join("r.toml");
     std::fs::write(
         &rules,
         format!(
-            "version = 1\n[[indicator]]\nkind = \"process-name\"\nvalues = [{:?}, {:?}, \"qallowed\", \"qvictim\"]\nweight = 6\nnote = \"test rule\"\nsource = \"quarry test suite\"\n",
-            init, me
+            "version = 1\n[[indicator]]\nkind = \"process-name\"\nvalues = [{:?}, \"sh\", \"qallowed\", \"qvictim\"]\nweight = 6\nnote = \"test rule\"\nsource = \"quarry test suite\"\n",
+            init
         ),
     )
     .unwrap();
     let allow = dir.path().join("allow.toml");
-    std::fs::write(&allow, "names = [\"qallowed\"]\n").unwrap();
-    let (st, out) = fix(
-        &[
+    std::fs::write(
+        &allow,
+        "[[executable]]\npath = \"/tmp/quarry-fix-test/qallowed\"\n",
+    )
+    .unwrap();
+    let out = Command::new("sh")
+        .args(["-c", "\"$@\"; exit $?", "sh", QUARRY, "fix"])
+        .args([
             "--yes",
             "--interval",
             "0.3",
@@ -363,10 +356,13 @@ fn protected_processes_survive_even_when_a_rule_flags_them() {
             rules.to_str().unwrap(),
             "--allowlist",
             allow.to_str().unwrap(),
-            "--case-root",
-            dir.path().join("cases").to_str().unwrap(),
-        ],
-        &[],
+        ])
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.contains("refused: PID 1 "), "{out}");
     assert!(out.contains("an ancestor of Quarry"), "{out}");
@@ -391,13 +387,11 @@ fn protected_processes_survive_even_when_a_rule_flags_them() {
         st_v.is_empty() || st_v.contains(") Z"),
         "victim still running: {st_v}\n{out}"
     );
-    let _ = st;
 }
 
 #[test]
 fn fix_removes_a_preload_hider_and_a_proc_cover() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("fix_removes_a_preload_hider_and_a_proc_cover");
     let libdir = PathGuard("/usr/local/lib/quarry-fix-hider".into());
     std::fs::create_dir_all(&libdir.0).unwrap();
     let lib = libdir.0.join("libsystem.so");
@@ -421,14 +415,13 @@ fn fix_removes_a_preload_hider_and_a_proc_cover() {
     );
     std::fs::write("/etc/ld.so.preload", &preload_text).unwrap();
 
-    let cases = tempfile::tempdir().unwrap();
     let (st, out) = fix(
         &[
             "--yes",
             "--interval",
             "0.5",
-            "--case-root",
-            cases.path().to_str().unwrap(),
+            "--only",
+            &format!("{},{},{}", miner.pid, covered.pid, lib.display()),
         ],
         &[],
     );
@@ -457,7 +450,7 @@ fn fix_removes_a_preload_hider_and_a_proc_cover() {
         );
     }
     // Restore puts the library and the preload entry back, byte for byte.
-    let case = only_case(cases.path());
+    let case = only_case();
     restore(&case);
     assert_eq!(std::fs::read(&lib).unwrap(), lib_bytes);
     assert_eq!(

@@ -28,8 +28,7 @@ fn bind(src: &Path, dst: &Path) -> MountGuard {
 
 #[test]
 fn bind_mount_over_proc_pid_is_seen_through() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("bind_mount_over_proc_pid_is_seen_through");
     let _f = install_burner("/tmp/quarry-bindhidden");
     // It talks to a fake pool: its socket must be explained by the recovered
     // process, not reported as an ownerless connection.
@@ -89,8 +88,7 @@ fn bind_mount_over_proc_pid_is_seen_through() {
 
 #[test]
 fn ld_so_preload_hider_is_reported_and_cannot_hide_from_quarry() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("ld_so_preload_hider_is_reported_and_cannot_hide_from_quarry");
     let libdir = PathGuard("/usr/local/lib/quarry-test-hider".into());
     std::fs::create_dir_all(&libdir.0).unwrap();
     let lib = libdir.0.join("libsystem.so");

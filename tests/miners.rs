@@ -39,8 +39,7 @@ fn assert_malicious(scan: &Scan, pid: i32, signals: &[&str]) {
 
 #[test]
 fn minerd_in_tmp() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("minerd_in_tmp");
     let _file = install_burner("/tmp/minerd");
     let m = start(Command::new("/tmp/minerd"));
     let s = scan(&[]);
@@ -57,8 +56,7 @@ fn minerd_in_tmp() {
 
 #[test]
 fn deleted_tplink_in_var_tmp() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("deleted_tplink_in_var_tmp");
     let file = install_burner("/var/tmp/tplink");
     let m = start(Command::new("/var/tmp/tplink"));
     std::fs::remove_file(&file.0).unwrap();
@@ -77,8 +75,7 @@ fn deleted_tplink_in_var_tmp() {
 
 #[test]
 fn memfd_executed_miner() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("memfd_executed_miner");
     let mut cmd = Command::new(burner());
     cmd.args(["--memfd", "kdevtmpfsi"]);
     let m = start(cmd);
@@ -97,8 +94,7 @@ fn memfd_executed_miner() {
 
 #[test]
 fn kworker_masquerade_in_hidden_dir() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("kworker_masquerade_in_hidden_dir");
     let _dir = PathGuard("/tmp/.quarry-test-hidden".into());
     let _f = install_burner("/tmp/.quarry-test-hidden/.cache/sysd");
     let mut cmd = Command::new("/tmp/.quarry-test-hidden/.cache/sysd");
@@ -115,8 +111,7 @@ fn kworker_masquerade_in_hidden_dir() {
 
 #[test]
 fn dev_shm_miner_connected_to_fake_pool() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("dev_shm_miner_connected_to_fake_pool");
     let pool = TcpListener::bind("127.0.0.1:3333").expect("port 3333 free for the fake pool");
     let _f = install_burner("/dev/shm/dbus-helper");
     let wallet = format!(
@@ -158,8 +153,7 @@ fn dev_shm_miner_connected_to_fake_pool() {
 
 #[test]
 fn ordinary_busy_processes_are_not_flagged() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("ordinary_busy_processes_are_not_flagged");
     // A busy loop named like a compiler under /usr/local/bin, and one in /tmp
     // (a build running from /tmp is not a miner).
     let _dir = PathGuard("/tmp/quarry-build-test".into());
@@ -194,8 +188,7 @@ fn clean_machine_exits_zero() {
 
 #[test]
 fn hostile_names_cannot_forge_the_report() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("hostile_names_cannot_forge_the_report");
     let _f = install_burner("/tmp/minerd");
     let mut cmd = Command::new("/tmp/minerd");
     use std::os::unix::ffi::OsStrExt;
@@ -346,8 +339,7 @@ impl Drop for GroupGuard {
 
 #[test]
 fn miner_in_another_network_namespace_is_tied_to_its_pool() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("miner_in_another_network_namespace_is_tied_to_its_pool");
     let _f = install_burner("/dev/shm/quarry-netns-miner");
     // A container-like network namespace with its own loopback, a fake pool
     // on 127.0.0.1:3333 inside it, and the miner connected to it.

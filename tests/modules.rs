@@ -194,8 +194,7 @@ fn no_module_support_is_not_applicable() {
 
 #[test]
 fn seed_module_files_are_identified() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("seed_module_files_are_identified");
     let dir = Path::new("/lib/udev/usb_control");
     assert!(!dir.exists(), "{} exists before the test", dir.display());
     let _d = PathGuard(dir.to_path_buf());

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod modules;
 pub mod mounts;
 pub mod net;
+pub mod packages;
 pub mod persistence;
 pub mod preload;
 pub mod process;

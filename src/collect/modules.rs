@@ -93,6 +93,9 @@ pub struct WalkStats {
     pub elapsed_ms: f64,
 }
 
+/// A directory to walk (raw path bytes) and its depth.
+type DirItem = (Vec<u8>, usize);
+
 /// Finds kernel module files under `roots`, on every CPU: workers share a
 /// queue of directories (the walk is bound by `getdents64` and `stat` system
 /// calls, which run in parallel).
@@ -114,27 +117,30 @@ pub fn find_files(
         .iter()
         .map(|r| std::fs::canonicalize(host.path(r)).ok())
         .collect();
-    let mut start = Vec::new();
-    let mut skip: Vec<String> = Vec::new();
+    let mut start: Vec<DirItem> = Vec::new();
+    let mut skip: Vec<Vec<u8>> = Vec::new();
     for (i, r) in roots.iter().enumerate() {
         let Some(c) = &canon[i] else { continue };
         if canon[..i].iter().any(|o| o.as_ref() == Some(c)) {
             continue; // the same directory named twice
         }
-        start.push((r.clone(), 0usize));
+        start.push((r.as_bytes().to_vec(), 0usize));
         for (j, o) in canon.iter().enumerate() {
             let Some(o) = o else { continue };
             if j != i && o != c {
                 if let Ok(rest) = o.strip_prefix(c) {
                     // roots[j] lies inside r: r's walk skips it.
-                    skip.push(format!("{}/{}", r.trim_end_matches('/'), rest.display()));
+                    let mut s = r.trim_end_matches('/').as_bytes().to_vec();
+                    s.push(b'/');
+                    s.extend_from_slice(rest.as_os_str().as_encoded_bytes());
+                    skip.push(s);
                 }
             }
         }
     }
     start.reverse();
     // (queue, workers busy with a directory)
-    let queue: Mutex<(Vec<(String, usize)>, usize)> = Mutex::new((start, 0));
+    let queue: Mutex<(Vec<DirItem>, usize)> = Mutex::new((start, 0));
     let wake = Condvar::new();
     let entries_seen = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -165,19 +171,21 @@ pub fn find_files(
                 }
             };
             let mut subdirs = Vec::new();
-            walk_one(
+            let deadline = t0 + limits.max_time;
+            let finished = walk_one(
                 host,
                 &dir,
                 depth,
                 limits,
                 &skip,
+                deadline,
                 &mut subdirs,
                 &mut out,
                 &mut stats,
             );
             let total = entries_seen.fetch_add(stats.files, Ordering::Relaxed) + stats.files;
             stats.files = 0;
-            if total > limits.max_entries || t0.elapsed() > limits.max_time {
+            if total > limits.max_entries || !finished || t0.elapsed() > limits.max_time {
                 let why = if total > limits.max_entries {
                     format!("stopped after {} entries", limits.max_entries)
                 } else {
@@ -217,59 +225,70 @@ pub fn find_files(
     (out, stats)
 }
 
-/// Lists one directory: module candidates into `out`, subdirectories into `subdirs`.
+/// Lists one directory: module candidates into `out`, subdirectories into
+/// `subdirs`. Paths stay bytes: a directory named with invalid UTF-8 is walked
+/// like any other. Returns false when the deadline passed inside the directory
+/// (a directory of millions of entries cannot stall the scan).
 #[allow(clippy::too_many_arguments)]
 fn walk_one(
     host: &Host,
-    dir: &str,
+    dir: &[u8],
     depth: usize,
     limits: &WalkLimits,
-    skip: &[String],
-    subdirs: &mut Vec<(String, usize)>,
+    skip: &[Vec<u8>],
+    deadline: Instant,
+    subdirs: &mut Vec<DirItem>,
     out: &mut Vec<ModuleFile>,
     stats: &mut WalkStats,
-) {
-    let skipped = |s: &str| dir == s || dir.starts_with(&format!("{s}/"));
-    if SKIP_DIRS.iter().any(|s| skipped(s)) || (depth > 0 && skip.iter().any(|s| skipped(s))) {
-        return;
+) -> bool {
+    let skipped = |s: &[u8]| dir == s || (dir.starts_with(s) && dir.get(s.len()) == Some(&b'/'));
+    if SKIP_DIRS.iter().any(|s| skipped(s.as_bytes()))
+        || (depth > 0 && skip.iter().any(|s| skipped(s)))
+    {
+        return true;
     }
-    let Ok(entries) = host.list_dir(dir) else {
-        return;
+    let Ok(entries) = host.list_dir(bytes_to_path(dir)) else {
+        return true;
     };
     stats.dirs += 1;
-    let join = |name: &str| {
-        if dir.ends_with('/') {
-            format!("{dir}{name}")
-        } else {
-            format!("{dir}/{name}")
+    let join = |name: &[u8]| {
+        let mut p = dir.to_vec();
+        if !p.ends_with(b"/") {
+            p.push(b'/');
         }
+        p.extend_from_slice(name);
+        p
     };
-    for e in entries {
+    for (i, e) in entries.iter().enumerate() {
+        if i % 4096 == 4095 && Instant::now() > deadline {
+            return false;
+        }
         stats.files += 1;
-        let name = String::from_utf8_lossy(&e.name);
+        let name = &e.name[..];
         use rustix::fs::FileType;
         match e.file_type {
             FileType::Directory if depth < limits.max_depth => {
-                subdirs.push((join(&name), depth + 1))
+                subdirs.push((join(name), depth + 1))
             }
-            FileType::RegularFile | FileType::Unknown if worth_a_look(&name) => {
-                if let Some(m) = inspect_candidate(host, &join(&name), &name, stats) {
+            FileType::RegularFile | FileType::Unknown if worth_a_look(name) => {
+                if let Some(m) = inspect_candidate(host, &join(name), name, stats) {
                     out.push(m);
                 }
             }
             _ => {}
         }
     }
+    true
 }
 
-fn compression_of(name: &str) -> Option<Option<&'static str>> {
-    if name.ends_with(".ko") {
+fn compression_of(name: &[u8]) -> Option<Option<&'static str>> {
+    if name.ends_with(b".ko") {
         Some(None)
-    } else if name.ends_with(".ko.xz") {
+    } else if name.ends_with(b".ko.xz") {
         Some(Some("xz"))
-    } else if name.ends_with(".ko.zst") {
+    } else if name.ends_with(b".ko.zst") {
         Some(Some("zstd"))
-    } else if name.ends_with(".ko.gz") {
+    } else if name.ends_with(b".ko.gz") {
         Some(Some("gzip"))
     } else {
         None
@@ -281,36 +300,39 @@ fn compression_of(name: &str) -> Option<Option<&'static str>> {
 /// like) — not the hundreds of thousands of scripts, headers and data files
 /// under /usr/lib. Deciding from the name avoids a stat (and even building the
 /// path) for most files.
-fn worth_a_look(name: &str) -> bool {
+fn worth_a_look(name: &[u8]) -> bool {
     if compression_of(name).is_some() {
         return true;
     }
-    let ext = name.rsplit_once('.').map(|(_, e)| e);
+    let ext = name
+        .iter()
+        .rposition(|b| *b == b'.')
+        .map(|i| &name[i + 1..]);
     ext.is_none()
-        || name.starts_with('.')
-        || name.contains(".so.")
+        || name.starts_with(b".")
+        || name.windows(4).any(|w| w == b".so.")
         || matches!(
             ext,
-            Some("o" | "so" | "bin" | "mod" | "dat" | "tmp" | "cache")
+            Some(b"o" | b"so" | b"bin" | b"mod" | b"dat" | b"tmp" | b"cache")
         )
 }
 
 fn inspect_candidate(
     host: &Host,
-    path: &str,
-    name: &str,
+    path: &[u8],
+    name: &[u8],
     stats: &mut WalkStats,
 ) -> Option<ModuleFile> {
     if let Some(compression) = compression_of(name) {
         return Some(inspect(host, path, compression, true));
     }
-    let st = host.lstat(path).ok()?;
+    let st = host.lstat(bytes_to_path(path)).ok()?;
     let size = st.st_size as u64;
     if !(64..=MAX_SNIFF_SIZE).contains(&size) || st.st_mode & 0o170000 != 0o100000 {
         return None;
     }
     stats.sniffed += 1;
-    let head = host.read_prefix(path, 20).ok()?;
+    let head = host.read_prefix(bytes_to_path(path), 20).ok()?;
     if head.len() < 20 || &head[..4] != b"\x7fELF" || elf_type(&head) != Some(1) {
         return None;
     }
@@ -331,20 +353,20 @@ fn elf_type(h: &[u8]) -> Option<u16> {
 /// Reads, decompresses and identifies one module file.
 pub fn inspect(
     host: &Host,
-    path: &str,
+    path: &[u8],
     compression: Option<&'static str>,
     named: bool,
 ) -> ModuleFile {
     let mut m = ModuleFile {
-        path: path.as_bytes().to_vec(),
-        meta: host.file_meta(path),
+        path: path.to_vec(),
+        meta: host.file_meta(bytes_to_path(path)),
         identification: String::new(),
         compression,
         modinfo: BTreeMap::new(),
         sha256: None,
         named_as_module: named,
     };
-    let raw = match host.read_prefix(bytes_to_path(path.as_bytes()), MAX_MODULE_SIZE as usize) {
+    let raw = match host.read_prefix(bytes_to_path(path), MAX_MODULE_SIZE as usize) {
         Ok(r) => r,
         Err(e) => {
             m.identification = format!("unreadable: {e}");
@@ -379,7 +401,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-fn decompress(raw: &[u8], compression: Option<&str>) -> Result<Vec<u8>, String> {
+pub fn decompress(raw: &[u8], compression: Option<&str>) -> Result<Vec<u8>, String> {
     let limit = MAX_MODULE_SIZE;
     let mut out = Vec::new();
     match compression {
@@ -399,12 +421,44 @@ fn decompress(raw: &[u8], compression: Option<&str>) -> Result<Vec<u8>, String> 
                 .map_err(|e| e.to_string())?;
         }
         Some("xz") => {
+            // lzma-rs has no output limit of its own: a writer that refuses
+            // past the limit stops it (a 1 MiB bomb unpacks to gigabytes).
             let mut input = std::io::BufReader::new(raw);
-            lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| format!("{e:?}"))?;
+            let mut w = Capped {
+                out: &mut out,
+                limit: limit as usize,
+            };
+            if let Err(e) = lzma_rs::xz_decompress(&mut input, &mut w) {
+                if w.out.len() < limit as usize {
+                    return Err(format!("{e:?}"));
+                }
+            }
         }
         Some(other) => return Err(format!("unknown compression {other}")),
     }
     Ok(out)
+}
+
+/// A writer that keeps at most `limit` bytes and then fails, which stops a
+/// decompressor that has no limit of its own.
+struct Capped<'a> {
+    out: &'a mut Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.limit - self.out.len();
+        if room == 0 {
+            return Err(std::io::Error::other("decompressed size limit reached"));
+        }
+        let n = buf.len().min(room);
+        self.out.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Identifies a file from its header, in the words `file` uses.

