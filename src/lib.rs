@@ -7,6 +7,7 @@
 pub mod collect;
 pub mod detect;
 pub mod escape;
+pub mod fuzz;
 pub mod host;
 pub mod report;
 pub mod respond;

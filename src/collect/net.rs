@@ -137,6 +137,10 @@ pub fn parse_sockets(text: &str, proto: &'static str) -> Vec<Socket> {
 
 fn parse_addr(s: &str) -> Option<(IpAddr, u16)> {
     let (ip, port) = s.split_once(':')?;
+    // Hex digits only: slicing below is then on character boundaries.
+    if !ip.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = match ip.len() {
         8 => IpAddr::V4(Ipv4Addr::from(

@@ -92,8 +92,9 @@ pub fn collect(host: &Host, pids: &[i32]) -> Preload {
             let Ok(maps) = host.read(format!("/proc/{pid}/maps")) else {
                 continue;
             };
+            let mapped = super::process::mapped_paths(&maps);
             for (path, lib) in p.libs.iter_mut() {
-                if maps.split(|b| *b == b'\n').any(|l| l.ends_with(path)) {
+                if mapped.contains(path) {
                     lib.mapped_by.push(pid);
                 }
             }
@@ -136,20 +137,27 @@ fn inspect_library(host: &Host, path: &[u8]) -> Library {
             return lib;
         }
     };
-    match object::File::parse(&*data) {
-        Ok(obj) => {
-            for sym in obj.dynamic_symbols() {
-                if sym.is_definition() {
-                    if let Ok(name) = sym.name() {
-                        lib.exports.insert(name.to_string());
-                    }
-                }
-            }
-        }
-        Err(e) => lib.elf_error = Some(format!("not a valid ELF object: {e}")),
+    match elf_exports(&data) {
+        Ok(exports) => lib.exports = exports,
+        Err(e) => lib.elf_error = Some(e),
     }
     lib.strings = printable_strings(&data, 3);
     lib
+}
+
+/// The dynamic symbols an ELF object defines (what a preloaded library
+/// overrides).
+pub fn elf_exports(data: &[u8]) -> Result<BTreeSet<String>, String> {
+    let obj = object::File::parse(data).map_err(|e| format!("not a valid ELF object: {e}"))?;
+    let mut out = BTreeSet::new();
+    for sym in obj.dynamic_symbols() {
+        if sym.is_definition() {
+            if let Ok(name) = sym.name() {
+                out.insert(name.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Printable ASCII runs of at least `min` bytes (like `strings`).

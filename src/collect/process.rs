@@ -252,6 +252,41 @@ impl Process {
 }
 
 /// Splits a NUL-separated buffer (`cmdline`, `environ`).
+/// The value of one `Key:` line of `/proc/PID/status` (proc(5)), trimmed.
+pub fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// The path names in `/proc/PID/maps` (proc(5): address, perms, offset,
+/// device, inode, then the path, which may hold spaces; the kernel appends
+/// " (deleted)" to a deleted file's path).
+pub fn mapped_paths(maps: &[u8]) -> std::collections::BTreeSet<Vec<u8>> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in maps.split(|b| *b == b'\n') {
+        let mut rest = line;
+        let mut ok = true;
+        for _ in 0..5 {
+            rest = rest.trim_ascii_start();
+            match rest.iter().position(|b| b.is_ascii_whitespace()) {
+                Some(i) => rest = &rest[i..],
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        let path = rest.trim_ascii_start();
+        if ok && path.starts_with(b"/") {
+            out.insert(path.strip_suffix(b" (deleted)").unwrap_or(path).to_vec());
+        }
+    }
+    out
+}
+
 pub fn split_nul(buf: &[u8]) -> Vec<Vec<u8>> {
     let buf = buf.strip_suffix(b"\0").unwrap_or(buf);
     if buf.is_empty() {
@@ -283,6 +318,16 @@ pub fn read_all_stats(host: &Host, pids: &[i32]) -> BTreeMap<i32, ProcStat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_and_status_fields() {
+        let m = mapped_paths(b"7f00-7f01 r-xp 00000000 08:01 123   /usr/lib/a b.so\n7f01-7f02 rw-p 0 00:00 0 \n7f02-7f03 r-xp 0 08:01 9 /tmp/x.so (deleted)\n");
+        assert!(m.contains(b"/usr/lib/a b.so".as_slice()));
+        assert!(m.contains(b"/tmp/x.so".as_slice()));
+        assert_eq!(m.len(), 2);
+        assert_eq!(status_field("Name:\tx\nTgid:\t42\n", "Tgid"), Some("42"));
+        assert_eq!(status_field("TgidX: 1\n", "Tgid"), None);
+    }
 
     #[test]
     fn stat_with_hostile_name() {

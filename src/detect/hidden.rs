@@ -246,9 +246,7 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
 
 fn read_tgid(host: &Host, pid: i32) -> Option<i32> {
     let text = host.read_text(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
+    crate::collect::process::status_field(&text, "Tgid").and_then(|v| v.parse().ok())
 }
 
 /// Turns hidden processes into findings, judging each recovered process with

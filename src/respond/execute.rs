@@ -45,6 +45,27 @@ fn crash_hook(done_count: usize) {
     }
 }
 
+/// Test hook: `QUARRY_FIX_PAUSE=PATH` makes a fix stop after planning,
+/// create `PATH.ready`, and wait (at most 60 s) for `PATH.go`, so a test can
+/// play the attacker who changes files between the scan and the fix. Never
+/// set it on a real incident.
+fn pause_hook() {
+    let Some(p) = std::env::var_os("QUARRY_FIX_PAUSE") else {
+        return;
+    };
+    let p = std::path::PathBuf::from(p);
+    let with = |ext: &str| {
+        let mut s = p.clone().into_os_string();
+        s.push(ext);
+        std::path::PathBuf::from(s)
+    };
+    let _ = std::fs::write(with(".ready"), b"");
+    let t = std::time::Instant::now();
+    while !with(".go").exists() && t.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 struct Runner {
     case: Case,
     out: Outcome,
@@ -166,6 +187,7 @@ pub fn execute(
     before: &impl Serialize,
 ) -> anyhow::Result<Outcome> {
     use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+    pause_hook();
     let case = Case::create(case_root)?;
     case.write_file("plan.json", &serde_json::to_vec_pretty(plan)?)?;
     case.write_file("scan-before.json", &serde_json::to_vec_pretty(before)?)?;

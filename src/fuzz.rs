@@ -1,0 +1,114 @@
+//! Entry points for fuzzing every parser of input an attacker controls, shared
+//! by the `cargo fuzz` targets (`fuzz/fuzz_targets/`) and the corpus replay in
+//! the normal test run (`tests/fuzz_corpus.rs`). Each takes arbitrary bytes and
+//! must neither panic, hang nor allocate without bound.
+
+use crate::collect::persistence::{PersistFile, PersistKind};
+use crate::host::FileMeta;
+
+/// Every target, by name (the names of `fuzz/fuzz_targets/*.rs`).
+pub const TARGETS: &[&str] = &[
+    "proc_stat",
+    "proc_status",
+    "maps",
+    "mountinfo",
+    "net_tcp",
+    "crontab",
+    "unit_file",
+    "ld_so_preload",
+    "rules_toml",
+    "allowlist_toml",
+    "journal",
+    "elf_modinfo",
+    "decompress",
+    "cgroup",
+];
+
+/// Runs one target on one input.
+pub fn run(target: &str, data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match target {
+        "proc_stat" => {
+            let _ = crate::collect::process::parse_stat(data);
+            let _ = crate::collect::cpu::parse_stat(&text);
+        }
+        "proc_status" => {
+            for k in ["Tgid", "NSpid", "Uid", "Name"] {
+                let _ = crate::collect::process::status_field(&text, k);
+            }
+            let _ = crate::collect::process::split_nul(data);
+        }
+        "maps" => {
+            let _ = crate::collect::process::mapped_paths(data);
+        }
+        "mountinfo" => {
+            for m in crate::collect::mounts::parse(&text) {
+                let _ = crate::collect::mounts::covered_pid(&m.mount_point);
+            }
+        }
+        "net_tcp" => {
+            let _ = crate::collect::net::parse_sockets(&text, "tcp");
+            let _ = crate::collect::net::socket_inode(data);
+        }
+        "crontab" | "unit_file" => {
+            let kinds: &[(PersistKind, &str)] = if target == "crontab" {
+                &[
+                    (PersistKind::Crontab, "/etc/cron.d/x"),
+                    (PersistKind::Crontab, "/var/spool/cron/crontabs/root"),
+                    (PersistKind::ShellStartup, "/root/.bashrc"),
+                    (PersistKind::InitScript, "/etc/rc.local"),
+                ]
+            } else {
+                &[(PersistKind::SystemdUnit, "/etc/systemd/system/x.service")]
+            };
+            let files: Vec<PersistFile> = kinds
+                .iter()
+                .map(|(kind, path)| PersistFile {
+                    path: path.to_string(),
+                    kind: *kind,
+                    meta: FileMeta::default(),
+                    content: data.to_vec(),
+                })
+                .collect();
+            let flagged = [crate::detect::persistence::Flagged {
+                pid: 7,
+                name: "minerd".into(),
+                exe: Some(b"/tmp/minerd".to_vec()),
+                malicious: true,
+                ..Default::default()
+            }];
+            let _ = crate::detect::persistence::findings(
+                &files,
+                &flagged,
+                &crate::rules::Rules::builtin(),
+                &crate::detect::persistence::Lookup::none(),
+            );
+        }
+        "ld_so_preload" => {
+            let _ = crate::collect::preload::split_preload(data);
+        }
+        "rules_toml" => {
+            let _ = crate::rules::Rules::builtin().add_str(&text, "fuzz.toml");
+        }
+        "allowlist_toml" => {
+            let _ = crate::respond::Allowlist::parse(&text);
+        }
+        "journal" => {
+            let _ = crate::respond::case::parse_journal(data);
+        }
+        "elf_modinfo" => {
+            let _ = crate::collect::modules::identify(data);
+            let _ = crate::collect::modules::modinfo(data);
+            let _ = crate::collect::preload::elf_exports(data);
+        }
+        "decompress" => {
+            let (kind, rest) = data.split_first().map_or((0, &[][..]), |(k, r)| (*k, r));
+            let c = ["xz", "gzip", "zstd"][usize::from(kind) % 3];
+            let _ = crate::collect::modules::decompress(rest, Some(c));
+        }
+        "cgroup" => {
+            let _ = crate::scan::cgroup_context(data);
+        }
+        other => panic!("unknown fuzz target {other}"),
+    }
+}
