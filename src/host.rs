@@ -116,6 +116,16 @@ impl Host {
         read_regular(&self.path(path), limit)
     }
 
+    /// True when Quarry runs in a child PID namespace: its `NSpid` line
+    /// (proc(5)) lists one PID per namespace level, so more than one means it
+    /// is not in the initial namespace.
+    pub fn in_child_pid_namespace(&self) -> bool {
+        self.read_text("/proc/self/status").is_ok_and(|t| {
+            crate::collect::process::status_field(&t, "NSpid")
+                .is_some_and(|v| v.split_whitespace().count() > 1)
+        })
+    }
+
     /// Device, inode and size of what a path names (following links); `None`
     /// unless it is a regular file.
     pub fn ident(&self, path: &[u8]) -> Option<(u64, u64, u64)> {

@@ -293,11 +293,13 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
         "scan-after.json",
         &serde_json::to_vec_pretty(&after)?,
     )?;
-    let remaining: Vec<&quarry::detect::Finding> = after
+    // What this fix would act on again is what it failed to remove; other
+    // findings are outside its scope and only listed.
+    let (remaining, outside): (Vec<&quarry::detect::Finding>, Vec<_>) = after
         .findings
         .iter()
         .filter(|f| f.severity >= a.fail_on)
-        .collect();
+        .partition(|f| respond::plan::in_scope(f, &fix_opts));
     let respawned: Vec<String> = plan
         .processes
         .iter()
@@ -321,11 +323,12 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "plan": plan, "dry_run": false, "outcome": outcome,
                 "remaining": remaining, "respawned": respawned,
+                "outside_scope": outside,
             }))?
         );
     } else {
         println!(
-            "\nScan after the fix: {} finding(s) at or above {}",
+            "\nScan after the fix: {} finding(s) at or above {} in its scope",
             remaining.len(),
             a.fail_on
         );
@@ -339,6 +342,13 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
         }
         for r in &respawned {
             println!("  RESPAWNED: {r}");
+        }
+        if !outside.is_empty() {
+            println!(
+                "  ({} other finding(s) at or above {} are outside this fix's scope: see `quarry scan`)",
+                outside.len(),
+                a.fail_on
+            );
         }
         if a.case_root == std::path::Path::new(quarry::respond::case::DEFAULT_CASE_ROOT) {
             println!("Undo everything with: quarry restore {}", outcome.case_id);

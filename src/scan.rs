@@ -231,8 +231,17 @@ pub fn run_full(
                 &census, rules, &hidden, host, fresh_host,
             ));
             let acc = detect::hidden::account(&snap);
+            // Inside a child PID namespace (a container), /proc/stat counts the
+            // whole machine but only the namespace's processes are visible:
+            // the comparison cannot tell hidden CPU from other containers'.
+            let nested = host.is_live() && host.in_child_pid_namespace();
+            if nested {
+                limitations.push(
+                    "running inside a child PID namespace (a container): CPU used outside it cannot be told from hidden CPU, so the hidden-CPU check is not applicable; run Quarry in the host's PID namespace (hostPID) for it".into(),
+                );
+            }
             // Below 0.2 s, tick granularity (10 ms) makes the comparison noise.
-            if acc.is_large() && snap.elapsed >= Duration::from_millis(200) {
+            if !nested && acc.is_large() && snap.elapsed >= Duration::from_millis(200) {
                 // Confirm on a second, shorter sample before raising anything.
                 let mut o = collect_opts.clone();
                 o.interval = opts

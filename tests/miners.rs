@@ -153,7 +153,7 @@ fn dev_shm_miner_connected_to_fake_pool() {
 
 #[test]
 fn ordinary_busy_processes_are_not_flagged() {
-    sandboxed!("ordinary_busy_processes_are_not_flagged");
+    sandboxed_clean!("ordinary_busy_processes_are_not_flagged");
     // A busy loop named like a compiler under /usr/local/bin, and one in /tmp
     // (a build running from /tmp is not a miner).
     let _dir = PathGuard("/tmp/quarry-build-test".into());
@@ -177,8 +177,7 @@ fn ordinary_busy_processes_are_not_flagged() {
 
 #[test]
 fn clean_machine_exits_zero() {
-    require_root!();
-    let _l = lock();
+    sandboxed_mounts!("clean_machine_exits_zero", true);
     let s = scan(&["--interval", "0.5"]);
     assert_eq!(s.code, 0, "{:#}", s.json["findings"]);
     assert!(s.malicious_pids().is_empty());
@@ -287,8 +286,7 @@ fn binary_is_static() {
 
 #[test]
 fn not_root_says_what_it_cannot_see_and_goes_on() {
-    require_root!();
-    let _l = lock();
+    sandboxed!("not_root_says_what_it_cannot_see_and_goes_on");
     let _f = install_burner("/tmp/quarry-test-busy");
     let b = start(Command::new("/tmp/quarry-test-busy"));
     let out = Command::new("setpriv")

@@ -536,10 +536,11 @@ fn row10_paths_that_are_not_utf8() {
 }
 
 /// Without any attacker: dozens of ordinary module files under /tmp (an
-/// extracted kernel package) are reported but never acted on by default.
+/// extracted kernel package) are reported but never planned by default; the
+/// plan names them only when --force asks for everything.
 #[test]
 fn a_kernel_tree_under_tmp_is_not_quarantined() {
-    sandboxed!("a_kernel_tree_under_tmp_is_not_quarantined");
+    sandboxed_clean!("a_kernel_tree_under_tmp_is_not_quarantined");
     let tree = Path::new("/tmp/linux/lib/modules/6.1.0-test/kernel/drivers");
     std::fs::create_dir_all(tree).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c");
@@ -554,26 +555,35 @@ fn a_kernel_tree_under_tmp_is_not_quarantined() {
     for i in 1..40 {
         std::fs::copy(&first, tree.join(format!("mod{i}.ko"))).unwrap();
     }
-    let before: Vec<Vec<u8>> = (0..40)
-        .map(|i| std::fs::read(tree.join(format!("mod{i}.ko"))).unwrap())
-        .collect();
-    let out = fix(&["--yes"]);
-    let after: Vec<Vec<u8>> = (0..40)
-        .map(|i| std::fs::read(tree.join(format!("mod{i}.ko"))).unwrap_or_default())
-        .collect();
-    assert_eq!(before, after, "{}", text(&out));
+    // The default plan (a dry run: the suite never runs an unscoped --yes).
+    let out = fix(&[]);
     assert!(
-        text(&out).contains("reported, not acted on"),
+        !text(&out).contains("quarantine /tmp/linux"),
         "{}",
         text(&out)
     );
-    // Even --only module.file refuses a plan of 40 files without --force? No:
-    // --only is the scope the administrator chose; the 25-file guard is for
-    // unscoped plans. A plan built with --force and no scope lists them all.
-    let dry = fix(&["--force"]);
     assert!(
-        text(&dry).contains("quarantine /tmp/linux"),
+        text(&out).contains("[module.file]") && text(&out).contains("reported, not acted on"),
         "{}",
-        text(&dry)
+        text(&out)
+    );
+    // --force asks for everything at or above high: then the guard on more
+    // than 25 files does not apply, and the plan lists them.
+    let forced = fix(&["--force"]);
+    assert!(
+        text(&forced).contains("quarantine /tmp/linux"),
+        "{}",
+        text(&forced)
+    );
+    // Scoped to one file, the plan holds that file only.
+    let one = fix(&[
+        "--only",
+        "/tmp/linux/lib/modules/6.1.0-test/kernel/drivers/mod3.ko",
+    ]);
+    assert_eq!(
+        text(&one).matches("quarantine /tmp/linux").count(),
+        1,
+        "{}",
+        text(&one)
     );
 }

@@ -201,6 +201,12 @@ fn choose(f: &Finding, opts: &FixOptions) -> Choice {
     }
 }
 
+/// True when a fix with these options acts on this finding (used to judge
+/// what remains after a fix: findings outside its scope are not its failure).
+pub fn in_scope(f: &Finding, opts: &FixOptions) -> bool {
+    choose(f, opts) == Choice::Act
+}
+
 /// Builds the plan from the scan's findings.
 pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOptions) -> Plan {
     let mut plan = Plan::default();

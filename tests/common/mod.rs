@@ -81,24 +81,52 @@ pub const PRIVATE: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 /// changes there reaches the host: `quarry fix` sees only the test's processes
 /// (the PID namespace) and files (the overlays).
 pub fn sandbox(test: &str) -> bool {
-    if std::env::var_os("QUARRY_SANDBOX").is_some() {
-        enter_sandbox();
+    sandbox_with(test, false, true)
+}
+
+/// [`sandbox`] in a mount namespace only: the test sees the host's processes
+/// (and Quarry accounts the host's CPU), so it must not run `fix`.
+pub fn sandbox_mounts(test: &str, clean: bool) -> bool {
+    sandbox_with(test, clean, false)
+}
+
+/// Places emptied (fresh tmpfs) in a "clean machine" sandbox, on top of
+/// [`PRIVATE`]: where anything on the host (another project's files, the test
+/// suite's own canaries) would be judged by a scan.
+pub const EMPTIED: &[&str] = &[
+    "/opt",
+    "/srv",
+    "/home",
+    "/root",
+    "/usr/local",
+    "/etc/cron.d",
+    "/var/spool/cron",
+];
+
+/// [`sandbox`], where the machine also looks freshly installed: [`EMPTIED`]
+/// places are empty.
+pub fn sandbox_clean(test: &str) -> bool {
+    sandbox_with(test, true, true)
+}
+
+fn sandbox_with(test: &str, clean: bool, pid_ns: bool) -> bool {
+    if let Some(v) = std::env::var_os("QUARRY_SANDBOX") {
+        enter_sandbox(v == "clean");
         return true;
     }
     let _l = lock();
     let exe = std::env::current_exe().unwrap();
+    let ns: &[&str] = if pid_ns {
+        &["--mount", "--pid", "--fork", "--mount-proc"]
+    } else {
+        &["--mount"]
+    };
     let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--propagation",
-            "private",
-        ])
+        .args(ns)
+        .args(["--propagation", "private"])
         .arg(exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("QUARRY_SANDBOX", "1")
+        .env("QUARRY_SANDBOX", if clean { "clean" } else { "1" })
         .stdin(Stdio::null())
         .output()
         .expect("unshare (util-linux) must be installed");
@@ -114,6 +142,30 @@ pub fn sandbox(test: &str) -> bool {
     false
 }
 
+/// Skips the test unless root, then runs it in a clean-machine sandbox (see
+/// [`sandbox_clean`]).
+#[macro_export]
+macro_rules! sandboxed_clean {
+    ($name:expr) => {
+        require_root!();
+        if !common::sandbox_clean($name) {
+            return;
+        }
+    };
+}
+
+/// Skips the test unless root, then runs it in a mount-only sandbox (see
+/// [`sandbox_mounts`]); `clean` as in [`sandbox_clean`].
+#[macro_export]
+macro_rules! sandboxed_mounts {
+    ($name:expr, $clean:expr) => {
+        require_root!();
+        if !common::sandbox_mounts($name, $clean) {
+            return;
+        }
+    };
+}
+
 /// Skips the test unless root, then runs it in a sandbox (see [`sandbox`]).
 #[macro_export]
 macro_rules! sandboxed {
@@ -125,7 +177,7 @@ macro_rules! sandboxed {
     };
 }
 
-fn enter_sandbox() {
+fn enter_sandbox(clean: bool) {
     use rustix::mount::{
         mount, mount_change, unmount, MountFlags, MountPropagationFlags, UnmountFlags,
     };
@@ -173,6 +225,13 @@ fn enter_sandbox() {
                 Some(c"mode=1777"),
             )
             .unwrap();
+        }
+    }
+    if clean {
+        for d in EMPTIED {
+            if Path::new(d).is_dir() {
+                mount("tmpfs", *d, "tmpfs", MountFlags::empty(), Some(c"mode=755")).unwrap();
+            }
         }
     }
 }
