@@ -64,7 +64,7 @@ pub fn run(target: &str, data: &[u8]) {
             let files: Vec<PersistFile> = kinds
                 .iter()
                 .map(|(kind, path)| PersistFile {
-                    path: path.to_string(),
+                    path: path.as_bytes().to_vec(),
                     kind: *kind,
                     meta: FileMeta::default(),
                     content: data.to_vec(),

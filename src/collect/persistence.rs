@@ -49,7 +49,8 @@ impl PersistKind {
 /// One start-up file.
 #[derive(Debug, Clone)]
 pub struct PersistFile {
-    pub path: String,
+    /// The path, as the kernel's bytes (a name need not be UTF-8).
+    pub path: Vec<u8>,
     pub kind: PersistKind,
     pub meta: FileMeta,
     pub content: Vec<u8>,
@@ -61,15 +62,16 @@ const MAX_FILE: usize = 1024 * 1024;
 /// Collects every start-up file.
 pub fn collect(host: &Host, users: &Users) -> Vec<PersistFile> {
     let mut out = Vec::new();
-    let mut add = |path: String, kind: PersistKind| {
+    let mut add = |path: Vec<u8>, kind: PersistKind| {
         if out.iter().any(|f: &PersistFile| f.path == path) {
             return;
         }
-        let meta = host.file_meta(&path);
+        let p = crate::host::bytes_to_path(&path);
+        let meta = host.file_meta(&p);
         if !meta.exists {
             return;
         }
-        if let Ok(content) = host.read_prefix(&path, MAX_FILE) {
+        if let Ok(content) = host.read_prefix(&p, MAX_FILE) {
             out.push(PersistFile {
                 path,
                 kind,
@@ -78,19 +80,19 @@ pub fn collect(host: &Host, users: &Users) -> Vec<PersistFile> {
             });
         }
     };
-    let files_in = |dir: &str| -> Vec<String> {
-        let mut v: Vec<String> = host
-            .list_dir(dir)
+    let files_in = |dir: &[u8]| -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = host
+            .list_dir(crate::host::bytes_to_path(dir))
             .unwrap_or_default()
             .into_iter()
             .filter(|e| e.file_type != rustix::fs::FileType::Directory)
-            .map(|e| format!("{dir}/{}", String::from_utf8_lossy(&e.name)))
+            .map(|e| [dir, b"/", &e.name].concat())
             .collect();
         v.sort();
         v
     };
-    add("/etc/crontab".into(), PersistKind::Crontab);
-    for f in files_in("/etc/cron.d") {
+    add(b"/etc/crontab".to_vec(), PersistKind::Crontab);
+    for f in files_in(b"/etc/cron.d") {
         add(f, PersistKind::Crontab);
     }
     for d in [
@@ -99,7 +101,7 @@ pub fn collect(host: &Host, users: &Users) -> Vec<PersistFile> {
         "/etc/cron.weekly",
         "/etc/cron.monthly",
     ] {
-        for f in files_in(d) {
+        for f in files_in(d.as_bytes()) {
             add(f, PersistKind::CronScript);
         }
     }
@@ -108,7 +110,7 @@ pub fn collect(host: &Host, users: &Users) -> Vec<PersistFile> {
         "/var/spool/cron/crontabs",
         "/var/spool/cron/tabs",
     ] {
-        for f in files_in(d) {
+        for f in files_in(d.as_bytes()) {
             add(f, PersistKind::Crontab);
         }
     }
@@ -140,34 +142,34 @@ pub fn collect(host: &Host, users: &Users) -> Vec<PersistFile> {
     for dir in unit_dirs {
         // Units and one level of drop-in / .wants directories.
         for e in host.list_dir(&dir).unwrap_or_default() {
-            let name = String::from_utf8_lossy(&e.name).into_owned();
-            let path = format!("{dir}/{name}");
+            let name = &e.name[..];
+            let path = [dir.as_bytes(), b"/", name].concat();
             if e.file_type == rustix::fs::FileType::Directory {
-                if name.ends_with(".d") {
+                if name.ends_with(b".d") {
                     for f in files_in(&path) {
-                        if f.ends_with(".conf") {
+                        if f.ends_with(b".conf") {
                             add(f, PersistKind::SystemdUnit);
                         }
                     }
                 }
             } else if e.file_type == rustix::fs::FileType::RegularFile
-                && (name.ends_with(".service")
-                    || name.ends_with(".timer")
-                    || name.ends_with(".path")
-                    || name.ends_with(".socket"))
+                && (name.ends_with(b".service")
+                    || name.ends_with(b".timer")
+                    || name.ends_with(b".path")
+                    || name.ends_with(b".socket"))
             {
                 add(path, PersistKind::SystemdUnit);
             }
         }
     }
-    add("/etc/rc.local".into(), PersistKind::InitScript);
-    for f in files_in("/etc/init.d") {
+    add(b"/etc/rc.local".to_vec(), PersistKind::InitScript);
+    for f in files_in(b"/etc/init.d") {
         add(f, PersistKind::InitScript);
     }
     for f in ["/etc/profile", "/etc/bash.bashrc", "/etc/environment"] {
-        add(f.into(), PersistKind::ShellStartup);
+        add(f.as_bytes().to_vec(), PersistKind::ShellStartup);
     }
-    for f in files_in("/etc/profile.d") {
+    for f in files_in(b"/etc/profile.d") {
         add(f, PersistKind::ShellStartup);
     }
     for home in &homes {
@@ -178,10 +180,13 @@ pub fn collect(host: &Host, users: &Users) -> Vec<PersistFile> {
             ".bash_login",
             ".zshrc",
         ] {
-            add(format!("{home}/{f}"), PersistKind::ShellStartup);
+            add(
+                format!("{home}/{f}").into_bytes(),
+                PersistKind::ShellStartup,
+            );
         }
         for f in [".ssh/authorized_keys", ".ssh/authorized_keys2"] {
-            add(format!("{home}/{f}"), PersistKind::SshKeys);
+            add(format!("{home}/{f}").into_bytes(), PersistKind::SshKeys);
         }
     }
     out

@@ -254,7 +254,7 @@ pub fn findings(
             if trimmed.is_empty() || trimmed.starts_with('#') || f.kind == PersistKind::SshKeys {
                 continue;
             }
-            let system_crontab = f.kind == PersistKind::Crontab && f.path.starts_with("/etc/");
+            let system_crontab = f.kind == PersistKind::Crontab && f.path.starts_with(b"/etc/");
             let (reasons, strong, linked, content) =
                 judge_line(line, f.kind, system_crontab, &temp, flagged, lookup);
             if reasons.is_empty() {
@@ -272,17 +272,17 @@ pub fn findings(
             } else if whole_file {
                 if f.kind == PersistKind::SystemdUnit {
                     remedies.push(Remedy::DisableUnit {
-                        path: BytePath::new(f.path.as_bytes()),
+                        path: BytePath::new(f.path.clone()),
                     });
                 }
                 remedies.push(Remedy::QuarantineFile {
-                    path: BytePath::new(f.path.as_bytes()),
+                    path: BytePath::new(f.path.clone()),
                     id: None,
                     direct: content,
                 });
             } else {
                 remedies.push(Remedy::RemoveLine {
-                    path: BytePath::new(f.path.as_bytes()),
+                    path: BytePath::new(f.path.clone()),
                     line: lineno,
                     content: line.to_string(),
                     id: None,
@@ -299,7 +299,7 @@ pub fn findings(
             let mut evidence = vec![
                 Evidence::new(
                     "file",
-                    format!("{}: {}", escape(f.path.as_bytes()), f.meta.describe()),
+                    format!("{}: {}", escape(&f.path), f.meta.describe()),
                 ),
                 Evidence::new("line", format!("{lineno}: {}", escape(line.as_bytes()))),
                 Evidence::new("why", reasons.join("; ")),
@@ -309,7 +309,7 @@ pub fn findings(
             }
             evidence.push(Evidence::new(
                 "check by hand",
-                format!("sed -n {lineno}p {}", escape(f.path.as_bytes())),
+                format!("sed -n {lineno}p {}", escape(&f.path)),
             ));
             out.push(Finding {
                 rule: f.kind.rule().into(),
@@ -321,12 +321,12 @@ pub fn findings(
                 verdict: None,
                 title: format!(
                     "{what} in {} (line {lineno}) {}",
-                    escape(f.path.as_bytes()),
+                    escape(&f.path),
                     reasons.join("; ")
                 ),
                 subject: Subject {
                     pid: linked,
-                    path: Some(escape(f.path.as_bytes())),
+                    path: Some(escape(&f.path)),
                     ..Subject::default()
                 },
                 techniques: vec![Technique::new(f.kind.technique())],
@@ -346,11 +346,11 @@ pub fn findings(
                 verdict: None,
                 title: format!(
                     "{} is protected with chattr ({}) so it cannot be edited or deleted — a miner's self-defence",
-                    escape(f.path.as_bytes()),
+                    escape(&f.path),
                     if f.meta.immutable { "+i" } else { "+a" }
                 ),
                 subject: Subject {
-                    path: Some(escape(f.path.as_bytes())),
+                    path: Some(escape(&f.path)),
                     ..Subject::default()
                 },
                 techniques: vec![Technique::new("T1222.002")],
@@ -358,7 +358,7 @@ pub fn findings(
                 score: None,
                 evidence: vec![
                     Evidence::new("file", f.meta.describe()),
-                    Evidence::new("check by hand", format!("lsattr {}", escape(f.path.as_bytes()))),
+                    Evidence::new("check by hand", format!("lsattr {}", escape(&f.path))),
                 ],
                 remedies: vec![],
             });

@@ -54,8 +54,11 @@ struct File {
 impl Allowlist {
     /// Reads and checks an allowlist file; errors name `file:line:col`.
     pub fn load(path: &Path) -> anyhow::Result<Allowlist> {
-        let text = std::fs::read_to_string(path)
+        let bytes = crate::host::read_regular(path, 1024 * 1024)
             .map_err(|e| anyhow::anyhow!("{}: cannot read allowlist: {e}", path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!("{}: the allowlist is not UTF-8 text: {e}", path.display())
+        })?;
         Allowlist::parse(&text).map_err(|(line, col, msg)| {
             anyhow::anyhow!("{}:{line}:{col}: invalid allowlist: {msg}", path.display())
         })

@@ -187,16 +187,8 @@ fn now_rfc3339() -> String {
 /// nobody else can write. An existing root-owned folder that is more open is
 /// tightened to 0700 (earlier versions made it 0755).
 pub fn prepare_root(root: &Path) -> io::Result<Dir> {
-    use std::os::unix::fs::DirBuilderExt;
     let bytes = root.as_os_str().as_encoded_bytes();
-    safe_fs::check_normalised(bytes)?;
-    if !root.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(|e| safe_fs::err(bytes, e))?;
-    }
+    safe_fs::make_dirs(bytes)?;
     let (parent, name) = safe_fs::split(bytes)?;
     let p = Dir::open(parent)?;
     if let Some(st) = p.stat_entry(name)? {

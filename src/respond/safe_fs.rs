@@ -417,6 +417,30 @@ pub fn apply_meta(
     Ok(())
 }
 
+/// Creates the missing folders of a normalised absolute path (mode 0700),
+/// one component at a time, each opened without following a link.
+pub fn make_dirs(path: &[u8]) -> io::Result<()> {
+    check_normalised(path)?;
+    let mut d = Dir::open(b"/")?;
+    if path == b"/" {
+        return Ok(());
+    }
+    for c in path[1..].split(|b| *b == b'/') {
+        if d.stat_entry(c)?.is_none() {
+            match d.mkdir(c) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let fd = rustix::fs::openat(&d.fd, c, DIR_FLAGS, Mode::empty())
+            .map_err(|e| with_path(&d.join(c), e))?;
+        let p = d.join(c);
+        d = Dir::from_fd(fd, &p)?;
+    }
+    Ok(())
+}
+
 /// Checks that a directory is private to root: owned by uid 0, a real
 /// directory (not a link), with no permission for group or others (0700), on a
 /// path of root-owned directories that nobody else can write.
