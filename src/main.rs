@@ -243,6 +243,7 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
     let host = Host::default();
     let opts = ScanOptions {
         interval: Duration::from_secs_f64(a.interval),
+        pin_files: true,
         ..ScanOptions::default()
     };
     let (report, snap) = scan::run_full(&host, &rules, &opts)?;

@@ -50,6 +50,9 @@ pub struct ScanOptions {
     /// Where to look for module files (default: `modules::DEFAULT_WALK_ROOTS`).
     pub module_roots: Vec<String>,
     pub walk_limits: collect::modules::WalkLimits,
+    /// Pin the identity of every file a remedy names (for `quarry fix`; it
+    /// costs a read and a hash of each).
+    pub pin_files: bool,
 }
 
 impl Default for ScanOptions {
@@ -64,6 +67,7 @@ impl Default for ScanOptions {
                 .map(|s| s.to_string())
                 .collect(),
             walk_limits: Default::default(),
+            pin_files: false,
         }
     }
 }
@@ -366,7 +370,9 @@ pub fn run_full(
             findings.extend(cpu_finding);
         }
         findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
-        pin_files(host, &mut findings);
+        if opts.pin_files {
+            pin_files(host, &mut findings);
+        }
         let top = top_processes(host, &snap, &findings, opts.top);
         let summary = Summary {
             malicious: count_verdict(&findings, "malicious"),
@@ -476,23 +482,30 @@ fn round1(x: f64) -> f64 {
 
 /// Records, at scan time, the identity (real path, device, inode, size,
 /// mtime, SHA-256) of every file a remedy names, so that `quarry fix` acts only
-/// on the object the scan judged.
+/// on the object the scan judged. The pin must agree with what the detector
+/// judged (the content's SHA-256, or the inode a process runs); if it does not
+/// (the file changed in between), nothing is pinned and fix leaves it alone.
 fn pin_files(host: &Host, findings: &mut [Finding]) {
-    use detect::Remedy;
-    let mut seen: std::collections::HashMap<Vec<u8>, Option<crate::host::FileId>> =
-        std::collections::HashMap::new();
+    use detect::{Judged, Remedy};
     for f in findings.iter_mut() {
         for r in f.remedies.iter_mut() {
-            let (path, id) = match r {
-                Remedy::QuarantineFile { path, id, .. } | Remedy::RemoveLine { path, id, .. } => {
-                    (path, id)
+            let (path, id, judged) = match r {
+                Remedy::QuarantineFile {
+                    path, id, judged, ..
                 }
+                | Remedy::RemoveLine {
+                    path, id, judged, ..
+                } => (path, id, judged),
                 _ => continue,
             };
-            *id = seen
-                .entry(path.0.clone())
-                .or_insert_with(|| host.file_id(&path.0))
-                .clone();
+            let pin = host.file_id(&path.0).filter(|pin| match judged {
+                Judged::Content(h) => pin.sha256 == *h,
+                Judged::ExeOf(pid) => host
+                    .ident(format!("/proc/{pid}/exe").as_bytes())
+                    .is_some_and(|(d, i, _)| (d, i) == (pin.dev, pin.ino)),
+                Judged::None => true,
+            });
+            *id = pin;
         }
     }
 }

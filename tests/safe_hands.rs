@@ -601,3 +601,22 @@ fn a_kernel_tree_under_tmp_is_not_quarantined() {
         text(&one)
     );
 }
+
+/// A flagged file with another hard link is another name for someone's file:
+/// the process is stopped, the file is not moved or made 0400.
+#[test]
+fn hard_linked_file_is_not_quarantined() {
+    sandboxed!("hard_linked_file_is_not_quarantined");
+    std::fs::create_dir_all("/tmp/h").unwrap();
+    std::fs::create_dir_all("/tmp/keep").unwrap();
+    std::fs::copy(burner(), "/tmp/keep/tool").unwrap();
+    std::fs::set_permissions("/tmp/keep/tool", std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::hard_link("/tmp/keep/tool", "/tmp/h/minerd").unwrap();
+    let before = state("/tmp/keep/tool").unwrap();
+    let m = start(Command::new("/tmp/h/minerd"));
+    let out = fix(&["--yes", "--only", &m.pid.to_string()]);
+    assert!(!alive(m.pid), "{}", text(&out));
+    assert_eq!(state("/tmp/keep/tool").unwrap(), before, "{}", text(&out));
+    assert!(Path::new("/tmp/h/minerd").exists(), "{}", text(&out));
+    assert!(text(&out).contains("hard links"), "{}", text(&out));
+}

@@ -23,6 +23,8 @@ pub struct Library {
     pub strings: BTreeSet<Vec<u8>>,
     /// PIDs that have it mapped (`/proc/PID/maps`).
     pub mapped_by: Vec<i32>,
+    /// SHA-256 of the content judged (when it was read whole).
+    pub sha256: Option<String>,
 }
 
 /// `LD_PRELOAD` or `LD_LIBRARY_PATH` in a process's environment.
@@ -137,6 +139,9 @@ fn inspect_library(host: &Host, path: &[u8]) -> Library {
             return lib;
         }
     };
+    if data.len() < MAX_LIB_SIZE {
+        lib.sha256 = Some(super::modules::sha256_hex(&data));
+    }
     match elf_exports(&data) {
         Ok(exports) => lib.exports = exports,
         Err(e) => lib.elf_error = Some(e),

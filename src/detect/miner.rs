@@ -335,6 +335,7 @@ pub fn process_remedies(p: &Process) -> Vec<super::Remedy> {
                 path: crate::host::BytePath::new(e.path.clone()),
                 id: None,
                 direct: true,
+                judged: super::Judged::ExeOf(p.pid),
             });
         }
     }

@@ -192,6 +192,10 @@ pub enum Remedy {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<FileId>,
         direct: bool,
+        /// What the detector judged: the SHA-256 of the content it read, or
+        /// the process whose executable it is. The pin must agree.
+        #[serde(skip_serializing_if = "Judged::is_none")]
+        judged: Judged,
     },
     /// Remove one line from a file (crontab, shell start-up file).
     RemoveLine {
@@ -200,6 +204,8 @@ pub enum Remedy {
         content: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<FileId>,
+        #[serde(skip_serializing_if = "Judged::is_none")]
+        judged: Judged,
     },
     /// Disable a systemd unit (remove its .wants/.requires links).
     DisableUnit { path: BytePath },
@@ -207,6 +213,25 @@ pub enum Remedy {
     RemovePreloadEntry { entry: BytePath },
     /// Unmount something mounted over /proc/PID.
     Unmount { mount_point: String },
+}
+
+/// What a detector judged about a file a remedy names, so that the identity
+/// pinned for `quarry fix` is that of the very object judged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Judged {
+    #[default]
+    None,
+    /// The SHA-256 of the content the detector read.
+    Content(String),
+    /// The executable of this process (compared through `/proc/PID/exe`).
+    ExeOf(i32),
+}
+
+impl Judged {
+    pub fn is_none(&self) -> bool {
+        *self == Judged::None
+    }
 }
 
 impl Remedy {

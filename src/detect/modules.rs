@@ -101,6 +101,10 @@ pub fn file_findings(files: &[ModuleFile], rules: &Rules) -> Vec<Finding> {
                     path: crate::host::BytePath::new(m.path.clone()),
                     id: None,
                     direct: known,
+                    judged: m
+                        .sha256
+                        .clone()
+                        .map_or(super::Judged::None, super::Judged::Content),
                 }],
                 rule: "module.file".into(),
                 severity,

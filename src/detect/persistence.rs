@@ -267,6 +267,7 @@ pub fn findings(
                 PersistKind::CronScript | PersistKind::InitScript | PersistKind::SystemdUnit
             );
             let mut remedies = Vec::new();
+            let judged = super::Judged::Content(crate::collect::modules::sha256_hex(&f.content));
             if whole_file && !strong {
                 // Report only: a whole script or unit is not removed on a weak signal.
             } else if whole_file {
@@ -279,6 +280,7 @@ pub fn findings(
                     path: BytePath::new(f.path.clone()),
                     id: None,
                     direct: content,
+                    judged: judged.clone(),
                 });
             } else {
                 remedies.push(Remedy::RemoveLine {
@@ -286,6 +288,7 @@ pub fn findings(
                     line: lineno,
                     content: line.to_string(),
                     id: None,
+                    judged: judged.clone(),
                 });
             }
             let what = match f.kind {

@@ -85,6 +85,10 @@ pub fn findings(pre: &Preload, snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
                 path: crate::host::BytePath::new(entry.clone()),
                 id: None,
                 direct: !hooks.is_empty(),
+                judged: lib
+                    .sha256
+                    .clone()
+                    .map_or(super::Judged::None, super::Judged::Content),
             });
         }
         out.push(Finding {

@@ -412,6 +412,15 @@ fn quarantine(r: &mut Runner, q: &PlannedFile) {
             return;
         }
     };
+    // A file with other hard links is someone else's file too (moving this
+    // name and making the inode 0400 would change it under its other names).
+    if rustix::fs::fstat(&f).is_ok_and(|st| st.st_nlink > 1) {
+        r.out.skipped.push(format!(
+            "{}: has other hard links (another name for the same file): not touched",
+            path.display()
+        ));
+        return;
+    }
     let sha = q.id.sha256.clone();
     if (meta.immutable || meta.append_only) && !clear_attrs(r, path, &f, &meta, &sha) {
         return;

@@ -251,7 +251,9 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
                     }
                     add_process(host, &mut plan, p, opts, "miner", &f.title);
                 }
-                Remedy::QuarantineFile { path, id, direct } => {
+                Remedy::QuarantineFile {
+                    path, id, direct, ..
+                } => {
                     let Some(id) = pinned(&mut plan, path, id) else {
                         continue;
                     };
@@ -278,6 +280,7 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
                     line,
                     content,
                     id,
+                    ..
                 } => {
                     let Some(id) = pinned(&mut plan, path, id) else {
                         continue;
@@ -355,7 +358,7 @@ fn pinned(plan: &mut Plan, path: &BytePath, id: &Option<FileId>) -> Option<FileI
         Some(id) => Some(id.clone()),
         None => {
             let why = format!(
-                "{} — not a regular file the scan could read and pin (device, inode, SHA-256): not touched",
+                "{} — could not be pinned to the object the scan judged (not a regular file, unreadable, or changed while being judged): not touched",
                 path.display()
             );
             if !plan.refused.contains(&why) {
