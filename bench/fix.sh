@@ -12,7 +12,7 @@ set -euo pipefail
 bin=$(readlink -f "$1")
 runs=${2:-5}
 cd "$(dirname "$0")/.."
-burner=$(mktemp)
+mkdir -p target/tmp; burner=$(mktemp -p "$PWD/target/tmp")
 cc -O1 -pthread -o "$burner" tests/c/burner.c
 for i in $(seq "$runs"); do
   unshare --mount --pid --fork --mount-proc --propagation private bash -s "$bin" "$burner" <<'INNER'
@@ -41,13 +41,16 @@ ms() { date +%s%3N; }
 t0=$(ms)
 "$bin" fix --yes --interval 0 --force >/tmp/fix.out 2>&1 || true
 t1=$(ms)
+[ -n "${BENCH_DEBUG:-}" ] && cat /tmp/fix.out
 id=$(ls /var/lib/quarry/cases | tail -1)
 if "$bin" restore --help 2>/dev/null | grep -q 'found under --case-root'; then arg=$id; else arg=/var/lib/quarry/cases/$id; fi
 t2=$(ms)
 "$bin" restore "$arg" >/tmp/restore.out 2>&1 || true
 t3=$(ms)
+act=$(sed -n "s/^Done in \([0-9.]*\) ms.*/\1/p" /tmp/fix.out)
 files=$(grep -cE 'ok: (quarantined|removed [0-9]+ line)' /tmp/fix.out || true)
-echo "fix $((t1 - t0)) ms, restore $((t3 - t2)) ms, $files file action(s)"
+[ -n "${BENCH_DEBUG:-}" ] && cat /tmp/fix.out /tmp/restore.out
+echo "fix $((t1 - t0)) ms (acting: ${act:-not reported} ms), restore $((t3 - t2)) ms, $files file action(s)"
 INNER
 done
 rm -f "$burner"

@@ -274,7 +274,7 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
     }
     let outcome = respond::execute(&host, &plan, &a.case_root, &report)?;
     if !json {
-        println!("\nDone ({}):", outcome.case_dir);
+        println!("\nDone in {:.1} ms ({}):", outcome.act_ms, outcome.case_dir);
         for d in &outcome.done {
             println!("  ok: {d}");
         }

@@ -26,6 +26,8 @@ pub struct Outcome {
     pub failed: Vec<String>,
     /// Targets that were not the object the scan judged, left alone.
     pub skipped: Vec<String>,
+    /// Time spent acting (from opening the case to closing it), ms.
+    pub act_ms: f64,
 }
 
 /// Test hook: `QUARRY_FIX_CRASH_AFTER=N` kills Quarry (SIGKILL) right after
@@ -188,6 +190,7 @@ pub fn execute(
 ) -> anyhow::Result<Outcome> {
     use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
     pause_hook();
+    let t0 = std::time::Instant::now();
     let case = Case::create(case_root)?;
     case.write_file("plan.json", &serde_json::to_vec_pretty(plan)?)?;
     case.write_file("scan-before.json", &serde_json::to_vec_pretty(before)?)?;
@@ -379,6 +382,7 @@ pub fn execute(
         |_| Ok(Action::Close { summary }),
     );
     write_manifest(&r.case)?;
+    r.out.act_ms = t0.elapsed().as_secs_f64() * 1e3;
     Ok(r.out)
 }
 
