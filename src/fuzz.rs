@@ -97,6 +97,12 @@ pub fn run(target: &str, data: &[u8]) {
             let _ = crate::respond::case::parse_journal(data);
         }
         "elf_modinfo" => {
+            // Seeds are stored with "QELF" instead of "\x7fELF" (and the other
+            // way round), so no file in the corpus is a module object that a
+            // scan of the source tree would report.
+            let mut v = data.to_vec();
+            swap_elf_magic(&mut v);
+            let data = &v[..];
             let _ = crate::collect::modules::identify(data);
             let _ = crate::collect::modules::modinfo(data);
             let _ = crate::collect::preload::elf_exports(data);
@@ -110,5 +116,14 @@ pub fn run(target: &str, data: &[u8]) {
             let _ = crate::scan::cgroup_context(data);
         }
         other => panic!("unknown fuzz target {other}"),
+    }
+}
+
+/// Swaps the ELF magic `\x7fELF` with `QELF` (an involution).
+pub fn swap_elf_magic(v: &mut [u8]) {
+    if v.starts_with(b"\x7fELF") {
+        v[0] = b'Q';
+    } else if v.starts_with(b"QELF") {
+        v[0] = 0x7f;
     }
 }

@@ -7,7 +7,9 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use crate::detect::Severity;
+use std::collections::BTreeMap;
+
+use crate::detect::{Finding, Severity};
 use crate::scan::Report;
 
 /// Output format.
@@ -289,35 +291,8 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
     }
 
     let sm = &r.summary;
-    let line = if sm.malicious > 0 {
-        st.paint(
-            "1;31",
-            &format!(
-                "VERDICT: {} cryptominer process(es) found{}",
-                sm.malicious,
-                if sm.suspicious > 0 {
-                    format!(", {} more suspicious", sm.suspicious)
-                } else {
-                    String::new()
-                }
-            ),
-        )
-    } else if sm.suspicious > 0 {
-        st.paint(
-            "33",
-            &format!(
-                "VERDICT: {} suspicious process(es), no confirmed miner",
-                sm.suspicious
-            ),
-        )
-    } else if r.cpu.abnormal {
-        st.paint(
-            "33",
-            "VERDICT: CPU is high but no miner signal was found; see the top consumers",
-        )
-    } else {
-        st.paint("32", "VERDICT: no miner found")
-    };
+    let (color, text) = verdict_line(r);
+    let line = st.paint(color, &text);
     let _ = writeln!(s, "\n{line}");
     if sm.malicious > 0
         || r.findings
@@ -339,6 +314,86 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
         ))
     );
     out.write_all(s.as_bytes())
+}
+
+/// The verdict line: it names what the findings say, so it never contradicts
+/// them or the exit code. Process verdicts first; then, at or above high,
+/// every other kind of finding, counted in words.
+pub fn verdict_line(r: &Report) -> (&'static str, String) {
+    let sm = &r.summary;
+    let is_miner =
+        |f: &Finding| f.verdict.as_deref() == Some("malicious") && f.subject.pid.is_some();
+    let miners = r.findings.iter().filter(|f| is_miner(f)).count();
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut hidden_cpu = None;
+    for f in r
+        .findings
+        .iter()
+        .filter(|f| f.severity >= Severity::High && !is_miner(f))
+    {
+        let kind = match f.rule.as_str() {
+            "module.file" if f.severity == Severity::Critical => "rootkit module file(s)",
+            "module.file" => "module file(s) to examine",
+            "module.hidden" => "hidden kernel module(s)",
+            "module.taint-unexplained" | "module.log-unlisted" => "kernel module trace(s)",
+            "rootkit.preload" | "rootkit.preload-protected" | "rootkit.preload-env" => {
+                "userland rootkit finding(s)"
+            }
+            "hidden.process" => "hidden process(es)",
+            "hidden.socket" => "hidden connection(s)",
+            "hidden.cpu" => {
+                hidden_cpu = Some(f);
+                continue;
+            }
+            r if r.starts_with("persistence.") => "start-up entr(y/ies) to review",
+            _ => "other finding(s)",
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    let mut others: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    if hidden_cpu.is_some() {
+        others.insert(
+            0,
+            "CPU used by no visible process: something hides it (a kernel rootkit is likely)"
+                .into(),
+        );
+    }
+    let also = if others.is_empty() {
+        String::new()
+    } else {
+        format!("; also {}", others.join(", "))
+    };
+    if miners > 0 {
+        let more = if sm.suspicious > 0 {
+            format!(", {} more suspicious", sm.suspicious)
+        } else {
+            String::new()
+        };
+        (
+            "1;31",
+            format!("VERDICT: {miners} cryptominer process(es) found{more}{also}"),
+        )
+    } else if !others.is_empty() {
+        (
+            "1;31",
+            format!("VERDICT: no miner process named, but {}", others.join(", ")),
+        )
+    } else if sm.suspicious > 0 {
+        (
+            "33",
+            format!(
+                "VERDICT: {} suspicious process(es), no confirmed miner",
+                sm.suspicious
+            ),
+        )
+    } else if r.cpu.abnormal {
+        (
+            "33",
+            "VERDICT: CPU is high but no miner signal was found; see the top consumers".into(),
+        )
+    } else {
+        ("32", "VERDICT: no miner found".into())
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -304,7 +304,15 @@ pub fn run_full(
             if let Some(r) = &loaded.reason {
                 limitations.push(r.clone());
             }
-            findings.extend(detect::modules::file_findings(&files, rules));
+            let mut files = files;
+            let release = if files.is_empty() {
+                String::new()
+            } else {
+                let ctx = collect::modules::place::Context::load(host);
+                collect::modules::place::classify(host, &mut files, &ctx);
+                ctx.release
+            };
+            findings.extend(detect::modules::file_findings(&files, rules, &release));
             findings.extend(detect::modules::loaded_findings(host, &loaded));
             modules_summary = Some(ModulesSummary {
                 loaded_checks_applicable: loaded.applicable,

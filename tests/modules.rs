@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -321,4 +321,128 @@ fn compressed_module_files_are_decoded() {
         assert_eq!(f["subject"]["name"], "snd_pcs");
         assert_eq!(f["severity"], "critical", "named like a seed module");
     }
+}
+
+/// Builds tests/c/fakemod.c as a module named `name` for kernel `release`.
+fn build_module(name: &str, release: &str, out: &Path) {
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let st = Command::new("cc")
+        .arg("-c")
+        .arg(format!("-DMODNAME=\"{name}\""))
+        .arg(format!("-DVERMAGIC=\"{release}\""))
+        .arg("-o")
+        .arg(out)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn running_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn module_scan(root: &str) -> Scan {
+    scan(&[
+        "--only",
+        "modules",
+        "--interval",
+        "0",
+        "--module-path",
+        root,
+    ])
+}
+
+/// Issue 11: a real Debian kernel package's module tree (the installed
+/// linux-image package's, bind-mounted under /tmp as if extracted there) is one
+/// low finding with its signer, and `fix` would act on none of it.
+#[test]
+fn extracted_debian_module_tree_is_one_low_finding() {
+    sandboxed_clean!("extracted_debian_module_tree_is_one_low_finding");
+    let Some(ver) = std::fs::read_dir("/lib/modules")
+        .ok()
+        .and_then(|d| d.flatten().next())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+    else {
+        eprintln!("SKIPPED: no /lib/modules (install linux-image-amd64; .ci/run does)");
+        return;
+    };
+    let dst = PathBuf::from(format!("/tmp/x/lib/modules/{ver}"));
+    std::fs::create_dir_all(&dst).unwrap();
+    rustix::mount::mount_bind(format!("/lib/modules/{ver}"), &dst).unwrap();
+    let s = module_scan("/tmp");
+    let trees = by_rule(&s, "module.tree");
+    assert_eq!(trees.len(), 1, "{:#}", s.json["findings"]);
+    let t = trees[0];
+    assert_eq!(t["severity"], "low");
+    let title = t["title"].as_str().unwrap();
+    assert!(
+        title.contains(&ver) && title.contains("signed by"),
+        "{title}"
+    );
+    assert!(!title.contains("unsigned"), "{title}");
+    assert!(
+        !s.findings().iter().any(|f| f["rule"] == "module.file"
+            && f["severity"] != "low"
+            && f["severity"] != "info"),
+        "{:#}",
+        s.json["findings"]
+    );
+    let n: usize = t["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "modules")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n > 100, "{n} modules");
+    let (_, out, _) = quarry(&["fix", "--interval", "0"]);
+    let out = String::from_utf8_lossy(&out);
+    assert!(!out.contains("quarantine /tmp/x"), "{out}");
+}
+
+/// Issue 11: an unsigned module built for the running kernel, owned by no
+/// package, is high in /opt and in a hidden folder in /tmp; built for another
+/// kernel it is medium; DKMS and build directories are low.
+#[test]
+fn module_severity_follows_evidence() {
+    sandboxed_clean!("module_severity_follows_evidence");
+    let rel = running_release();
+    build_module("qtestmod", &rel, Path::new("/opt/x/qtestmod.ko"));
+    build_module("qtestmod", &rel, Path::new("/tmp/.x/qtestmod.ko"));
+    build_module("qother", "5.10.0-other", Path::new("/tmp/y/qother.ko"));
+    let dkms = format!("/var/lib/dkms/qdkms/1.0/{rel}/x86_64/module/qdkms.ko");
+    build_module("qdkms", &rel, Path::new(&dkms));
+    build_module("qbuild", &rel, Path::new("/srv/src/qbuild/qbuild.ko"));
+    std::fs::write("/srv/src/qbuild/Module.symvers", "").unwrap();
+    let s = scan(&["--only", "modules", "--interval", "0"]);
+    let sev = |p: &str| {
+        s.findings()
+            .iter()
+            .find(|f| f["rule"] == "module.file" && f["subject"]["path"] == p)
+            .unwrap_or_else(|| panic!("no finding for {p}: {:#}", s.json["findings"]))["severity"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(sev("/opt/x/qtestmod.ko"), "high");
+    assert_eq!(sev("/tmp/.x/qtestmod.ko"), "high");
+    assert_eq!(sev("/tmp/y/qother.ko"), "medium");
+    assert_eq!(sev(&dkms), "low");
+    assert_eq!(sev("/srv/src/qbuild/qbuild.ko"), "low");
+    // The verdict line names what was found, and agrees with the exit code.
+    let (code, out, _) = quarry(&["scan", "--only", "modules", "--interval", "0"]);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("VERDICT: no miner process named, but 2 module file(s) to examine"),
+        "{out}"
+    );
+    assert!(!out.contains("score "), "{out}");
 }

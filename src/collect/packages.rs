@@ -84,6 +84,39 @@ impl Packages {
         self.dpkg.is_some()
     }
 
+    /// Whether a file still matches the MD5 checksum its package recorded
+    /// (`/var/lib/dpkg/info/<package>.md5sums`, "md5  path" without the
+    /// leading slash); `None` when the package records none for it.
+    pub fn md5_matches(&self, host: &Host, package: &str, path: &[u8]) -> Option<bool> {
+        use md5::{Digest, Md5};
+        let sums = host
+            .read(format!("/var/lib/dpkg/info/{package}.md5sums"))
+            .ok()?;
+        let mut spellings = vec![path.to_vec()];
+        for (usr, short) in MERGED {
+            if let Some(rest) = path.strip_prefix(*usr) {
+                spellings.push([short, rest].concat());
+            } else if let Some(rest) = path.strip_prefix(*short) {
+                spellings.push([usr, rest].concat());
+            }
+        }
+        let want = sums.split(|b| *b == b'\n').find_map(|l| {
+            let (sum, p) = (l.get(..32)?, l.get(34..)?);
+            spellings
+                .iter()
+                .any(|s| s.get(1..) == Some(p))
+                .then(|| String::from_utf8_lossy(sum).into_owned())
+        })?;
+        let data = host
+            .read_prefix(crate::host::bytes_to_path(path), crate::host::MAX_HASHED)
+            .ok()?;
+        let got: String = Md5::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Some(got == want)
+    }
+
     /// The package that installed `path`, under any merged-/usr spelling.
     pub fn owner(&self, path: &[u8]) -> Option<&str> {
         let map = self.dpkg.as_ref()?;

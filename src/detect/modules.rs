@@ -10,126 +10,309 @@ use crate::host::Host;
 use crate::rules::{Kind, Rules};
 
 /// Findings for module files.
-pub fn file_findings(files: &[ModuleFile], rules: &Rules) -> Vec<Finding> {
-    files
-        .iter()
-        .map(|m| {
-            let path = String::from_utf8_lossy(&m.path).into_owned();
-            let file_name = path.rsplit('/').next().unwrap_or("");
-            let stem = file_name
-                .split(".ko")
-                .next()
-                .unwrap_or(file_name)
-                .to_ascii_lowercase();
-            let mut signals = Vec::new();
-            let modname = m
-                .modinfo
-                .get("name")
-                .and_then(|v| v.first())
-                .map(|s| s.to_ascii_lowercase());
-            for cand in [Some(stem.clone()), modname].into_iter().flatten() {
-                if let Some(ind) = rules.find_exact(Kind::ModuleName, &cand) {
-                    signals.push(Signal {
-                        id: ind.kind.signal_id().into(),
-                        weight: ind.weight,
-                        detail: format!(
-                            "module name \"{}\": {}",
-                            escape(cand.as_bytes()),
-                            ind.note
-                        ),
-                        technique: Technique::new(&ind.technique),
-                        source: Some(format!("{} ({})", ind.source, ind.origin)),
-                    });
-                    break;
-                }
+///
+/// Severity follows what is known of the file (see [`modules::place`]):
+/// critical when named like a known rootkit module or in a known rootkit
+/// place; info for a package's file that still matches its checksum; low for
+/// DKMS builds, build directories, files a package owns, and modules signed by
+/// a key the running kernel holds; high for anything else built for the
+/// running kernel (it could be loaded here); medium when it was built for
+/// another kernel. A kernel module tree (one directory per kernel version, as
+/// an extracted kernel package has) is one finding, not thousands; inside it,
+/// an unsigned module built for the running kernel is still reported alone.
+pub fn file_findings(files: &[ModuleFile], rules: &Rules, release: &str) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut trees: std::collections::BTreeMap<Vec<u8>, Vec<&ModuleFile>> = Default::default();
+    for m in files {
+        let signals = known_signals(m, rules);
+        let signed = m.signature.as_ref().is_some_and(|s| !s.damaged);
+        if signals.is_empty()
+            && m.place.kind == "tree"
+            && (signed || !m.place.built_for_running_kernel)
+        {
+            if let Some(root) = &m.place.root_raw {
+                trees.entry(root.clone()).or_default().push(m);
+                continue;
             }
-            let lower = path.to_ascii_lowercase();
-            for ind in rules.of(Kind::ModuleDir) {
-                if let Some(d) = ind.values.iter().find(|d| lower.starts_with(d.as_str())) {
-                    signals.push(Signal {
-                        id: ind.kind.signal_id().into(),
-                        weight: ind.weight,
-                        detail: format!("under {d}: {}", ind.note),
-                        technique: Technique::new(&ind.technique),
-                        source: Some(format!("{} ({})", ind.source, ind.origin)),
-                    });
-                }
-            }
-            let known = !signals.is_empty();
-            let severity = if known {
-                Severity::Critical
+        }
+        out.push(file_finding(m, signals, release));
+    }
+    for (root, ms) in trees {
+        out.push(tree_finding(&root, &ms, release));
+    }
+    out
+}
+
+/// Signals from the rules: a known rootkit module name, a known rootkit place.
+fn known_signals(m: &ModuleFile, rules: &Rules) -> Vec<Signal> {
+    let path = String::from_utf8_lossy(&m.path).into_owned();
+    let file_name = path.rsplit('/').next().unwrap_or("");
+    let stem = file_name
+        .split(".ko")
+        .next()
+        .unwrap_or(file_name)
+        .to_ascii_lowercase();
+    let mut signals = Vec::new();
+    let modname = m
+        .modinfo
+        .get("name")
+        .and_then(|v| v.first())
+        .map(|s| s.to_ascii_lowercase());
+    for cand in [Some(stem.clone()), modname].into_iter().flatten() {
+        if let Some(ind) = rules.find_exact(Kind::ModuleName, &cand) {
+            signals.push(Signal {
+                id: ind.kind.signal_id().into(),
+                weight: ind.weight,
+                detail: format!("module name \"{}\": {}", escape(cand.as_bytes()), ind.note),
+                technique: Technique::new(&ind.technique),
+                source: Some(format!("{} ({})", ind.source, ind.origin)),
+            });
+            break;
+        }
+    }
+    let lower = path.to_ascii_lowercase();
+    for ind in rules.of(Kind::ModuleDir) {
+        if let Some(d) = ind.values.iter().find(|d| lower.starts_with(d.as_str())) {
+            signals.push(Signal {
+                id: ind.kind.signal_id().into(),
+                weight: ind.weight,
+                detail: format!("under {d}: {}", ind.note),
+                technique: Technique::new(&ind.technique),
+                source: Some(format!("{} ({})", ind.source, ind.origin)),
+            });
+        }
+    }
+    signals
+}
+
+/// The signature, in words.
+fn signature_words(m: &ModuleFile) -> String {
+    match &m.signature {
+        None => "unsigned".into(),
+        Some(s) if s.damaged => {
+            format!("a {} signature that is truncated or does not parse", s.kind)
+        }
+        Some(s) => format!(
+            "signed ({}) by {}{}, key id {}",
+            s.kind,
+            s.signer.as_deref().unwrap_or("an unnamed signer"),
+            if m.place.signer_trusted {
+                " (the running kernel holds a key of that name)"
             } else {
-                Severity::High
-            };
-            let what = if m.named_as_module {
-                "Kernel module file"
-            } else if file_name.ends_with(".o") {
-                "Kernel module object (a module being built here)"
-            } else {
-                "Kernel module disguised as an ordinary file"
-            };
-            let mut evidence = vec![
-                Evidence::new("path", escape(&m.path)),
-                Evidence::new("identification", m.identification.clone()),
-                Evidence::new("file", m.meta.describe()),
-            ];
-            if let Some(h) = &m.sha256 {
-                evidence.push(Evidence::new("sha256", h.clone()));
-            }
-            for key in [
-                "name",
-                "vermagic",
-                "license",
-                "author",
-                "description",
-                "depends",
-                "srcversion",
-            ] {
-                if let Some(v) = m.modinfo.get(key) {
-                    evidence.push(Evidence::new(format!("modinfo {key}"), v.join(", ")));
+                " (the running kernel holds no key of that name)"
+            },
+            s.key_id.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
+/// Severity and the reason in words.
+fn judge(m: &ModuleFile, known: bool, release: &str) -> (Severity, String) {
+    let p = &m.place;
+    let built_for = modules::vermagic_release(m).unwrap_or("an unknown kernel");
+    if known {
+        return (
+            Severity::Critical,
+            "named like a known rootkit module, or in a known rootkit place".into(),
+        );
+    }
+    if let Some(pkg) = &p.package {
+        return match p.package_checksum_ok {
+            Some(true) => (
+                Severity::Info,
+                format!("installed by the package {pkg}, and its content matches the package's checksum"),
+            ),
+            Some(false) => (
+                Severity::High,
+                format!("installed by the package {pkg}, but its content no longer matches the package's checksum"),
+            ),
+            None => (
+                Severity::Low,
+                format!("installed by the package {pkg} (no checksum recorded to compare)"),
+            ),
+        };
+    }
+    match p.kind {
+        "dkms" => return (Severity::Low, "a module built by DKMS".into()),
+        "build" => {
+            return (
+                Severity::Low,
+                "a module being built here (kbuild files beside it)".into(),
+            )
+        }
+        _ => {}
+    }
+    if p.signer_trusted {
+        return (
+            Severity::Low,
+            "signed by a key the running kernel holds".into(),
+        );
+    }
+    if p.built_for_running_kernel {
+        (
+            Severity::High,
+            format!("{}, owned by no package, and built for the running kernel {release}: it could be loaded here", signature_words(m)),
+        )
+    } else {
+        (
+            Severity::Medium,
+            format!("{}, owned by no package, built for {built_for}, not the running kernel {release}: it cannot be loaded here as it is", signature_words(m)),
+        )
+    }
+}
+
+fn file_finding(m: &ModuleFile, signals: Vec<Signal>, release: &str) -> Finding {
+    let path = String::from_utf8_lossy(&m.path).into_owned();
+    let file_name = path.rsplit('/').next().unwrap_or("");
+    let known = !signals.is_empty();
+    let (severity, why) = judge(m, known, release);
+    let what = if m.named_as_module {
+        "Kernel module file"
+    } else if file_name.ends_with(".o") {
+        "Kernel module object (a module being built here)"
+    } else {
+        "Kernel module disguised as an ordinary file"
+    };
+    let mut evidence = vec![
+        Evidence::new("path", escape(&m.path)),
+        Evidence::new("severity", format!("{severity}: {why}")),
+        Evidence::new("identification", m.identification.clone()),
+        Evidence::new("file", m.meta.describe()),
+        Evidence::new("signature", signature_words(m)),
+        Evidence::new(
+            "place",
+            match (&m.place.kind, &m.place.root) {
+                (k, Some(r)) => format!("{k} {r}"),
+                (k, None) => k.to_string(),
+            },
+        ),
+    ];
+    if let Some(h) = &m.sha256 {
+        evidence.push(Evidence::new("sha256", h.clone()));
+    }
+    for key in [
+        "name",
+        "vermagic",
+        "license",
+        "author",
+        "description",
+        "depends",
+        "srcversion",
+    ] {
+        if let Some(v) = m.modinfo.get(key) {
+            evidence.push(Evidence::new(format!("modinfo {key}"), v.join(", ")));
+        }
+    }
+    if m.modinfo.is_empty() {
+        evidence.push(Evidence::new("modinfo", "no .modinfo section"));
+    }
+    evidence.push(Evidence::new(
+        "check by hand",
+        format!(
+            "file {0}; modinfo {0}; tail -c 28 {0}; dpkg -S {0}",
+            escape(&m.path)
+        ),
+    ));
+    Finding {
+        remedies: vec![super::Remedy::QuarantineFile {
+            path: crate::host::BytePath::new(m.path.clone()),
+            id: None,
+            direct: known,
+            judged: m
+                .sha256
+                .clone()
+                .map_or(super::Judged::None, super::Judged::Content),
+        }],
+        rule: "module.file".into(),
+        severity,
+        verdict: None,
+        title: format!(
+            "{what} {} outside the kernel's module tree: {why}",
+            escape(&m.path)
+        ),
+        subject: Subject {
+            path: Some(escape(&m.path)),
+            name: m.modinfo.get("name").and_then(|v| v.first()).cloned(),
+            ..Subject::default()
+        },
+        techniques: vec![Technique::new("T1547.006"), Technique::new("T1014")],
+        score: None,
+        signals,
+        evidence,
+    }
+}
+
+/// One finding for a whole kernel module tree.
+fn tree_finding(root: &[u8], ms: &[&ModuleFile], release: &str) -> Finding {
+    let version = ms
+        .first()
+        .and_then(|m| m.place.version.clone())
+        .unwrap_or_default();
+    let mut signers: std::collections::BTreeMap<String, usize> = Default::default();
+    for m in ms {
+        let k = match &m.signature {
+            None => "unsigned".to_string(),
+            Some(s) if s.damaged => "damaged signature".into(),
+            Some(s) => format!(
+                "signed by {}{}",
+                s.signer.as_deref().unwrap_or("an unnamed signer"),
+                if m.place.signer_trusted {
+                    " (a key the running kernel holds)"
+                } else {
+                    ""
                 }
-            }
-            if m.modinfo.is_empty() {
-                evidence.push(Evidence::new("modinfo", "no .modinfo section"));
-            }
-            evidence.push(Evidence::new(
-                "check by hand",
-                format!("file {0}; modinfo {0}", escape(&m.path)),
-            ));
-            Finding {
-                remedies: vec![super::Remedy::QuarantineFile {
-                    path: crate::host::BytePath::new(m.path.clone()),
-                    id: None,
-                    direct: known,
-                    judged: m
-                        .sha256
-                        .clone()
-                        .map_or(super::Judged::None, super::Judged::Content),
-                }],
-                rule: "module.file".into(),
-                severity,
-                verdict: None,
-                title: format!(
-                    "{what} {} outside the kernel's module tree{}",
-                    escape(&m.path),
-                    if known {
-                        " — named like a known rootkit module"
-                    } else {
-                        ""
-                    }
-                ),
-                subject: Subject {
-                    path: Some(escape(&m.path)),
-                    name: m.modinfo.get("name").and_then(|v| v.first()).cloned(),
-                    ..Subject::default()
-                },
-                techniques: vec![Technique::new("T1547.006"), Technique::new("T1014")],
-                score: Some(signals.iter().map(|s| s.weight).sum()),
-                signals,
-                evidence,
-            }
-        })
-        .collect()
+            ),
+        };
+        *signers.entry(k).or_default() += 1;
+    }
+    let signer_words: Vec<String> = signers.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    let loadable = ms.iter().any(|m| m.place.built_for_running_kernel);
+    let here = if loadable {
+        format!("built for the running kernel {release}")
+    } else {
+        format!("built for {version}, not the running kernel {release}: not loadable here")
+    };
+    let mut evidence = vec![
+        Evidence::new("tree", escape(root)),
+        Evidence::new("kernel version", escape(version.as_bytes())),
+        Evidence::new("modules", ms.len().to_string()),
+        Evidence::new("signatures", signer_words.join("; ")),
+        Evidence::new(
+            "severity",
+            "low: a directory of modules for one kernel version (modules.dep or modules.order), as an extracted kernel package has; an unsigned module in it built for the running kernel would be reported on its own",
+        ),
+    ];
+    for m in ms.iter().take(3) {
+        evidence.push(Evidence::new("for example", escape(&m.path)));
+    }
+    evidence.push(Evidence::new(
+        "check by hand",
+        format!(
+            "find {0} -name '*.ko*' | wc -l; ls {0}/modules.*",
+            escape(root)
+        ),
+    ));
+    Finding {
+        rule: "module.tree".into(),
+        severity: Severity::Low,
+        verdict: None,
+        title: format!(
+            "Kernel module tree for {} under {}: {} modules ({}), {here}",
+            escape(version.as_bytes()),
+            escape(root),
+            ms.len(),
+            signer_words.join(", ")
+        ),
+        subject: Subject {
+            path: Some(escape(root)),
+            ..Subject::default()
+        },
+        techniques: vec![Technique::new("T1547.006")],
+        signals: vec![],
+        score: None,
+        evidence,
+        remedies: vec![],
+    }
 }
 
 /// Findings for loaded modules.

@@ -4,6 +4,10 @@
 #ifndef MODNAME
 #define MODNAME "fakemod"
 #endif
+/* -DVERMAGIC='"6.12.0-x"' builds it "for" that kernel release. */
+#ifndef VERMAGIC
+#define VERMAGIC "6.1.0-quarry-test"
+#endif
 __attribute__((section(".modinfo"), used, aligned(1)))
 static const char quarry_modinfo[] =
     "license=GPL\0"
@@ -11,7 +15,7 @@ static const char quarry_modinfo[] =
     "description=test object named like a rootkit module\0"
     "depends=\0"
     "name=" MODNAME "\0"
-    "vermagic=6.1.0-quarry-test SMP preempt mod_unload modversions \0";
+    "vermagic=" VERMAGIC " SMP preempt mod_unload modversions \0";
 
 int init_module(void) { return 0; }
 void cleanup_module(void) {}

@@ -181,6 +181,18 @@ fn enter_sandbox(clean: bool) {
     use rustix::mount::{
         mount, mount_change, unmount, MountFlags, MountPropagationFlags, UnmountFlags,
     };
+    // The project (sources, target, the quarry binary) may itself live under
+    // a place the sandbox covers (a CI clone in /tmp): keep a detached copy
+    // of its mount tree to put back on top at the end.
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let keep = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        project,
+        rustix::mount::OpenTreeFlags::OPEN_TREE_CLONE
+            | rustix::mount::OpenTreeFlags::AT_RECURSIVE
+            | rustix::mount::OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .expect("open_tree of the project folder");
     // Belt and braces: nothing mounted here propagates to the host.
     mount_change(
         "/",
@@ -233,6 +245,17 @@ fn enter_sandbox(clean: bool) {
                 mount("tmpfs", *d, "tmpfs", MountFlags::empty(), Some(c"mode=755")).unwrap();
             }
         }
+    }
+    if !project.join("Cargo.toml").exists() {
+        std::fs::create_dir_all(project).unwrap();
+        rustix::mount::move_mount(
+            &keep,
+            "",
+            rustix::fs::CWD,
+            project,
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .expect("putting the project folder back");
     }
 }
 

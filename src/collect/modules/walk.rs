@@ -1,0 +1,321 @@
+//! The module-file walk: bounded in depth, entries and time, on every CPU.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::identify::{elf_type, inspect, ModuleFile};
+use crate::host::{bytes_to_path, Host};
+
+/// Where the walk looks by default (`--module-path` replaces it).
+pub const DEFAULT_WALK_ROOTS: &[&str] = &[
+    "/lib/udev",
+    "/tmp",
+    "/var/tmp",
+    "/dev/shm",
+    "/etc",
+    "/root",
+    "/usr/lib",
+    "/usr/local",
+    "/home",
+    "/opt",
+    "/srv",
+    "/var/lib",
+];
+
+/// Directories never walked: the kernels' own module trees (package-managed,
+/// every installed kernel's), debug symbols, and virtual filesystems.
+const SKIP_DIRS: &[&str] = &[
+    "/lib/modules",
+    "/usr/lib/modules",
+    "/usr/lib/debug",
+    "/proc",
+    "/sys",
+    // Container engines' image layers and volumes: whole filesystems of
+    // other machines, judged when those containers run, not as files here.
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/containers",
+    // Package databases: lists and checksums, no programs.
+    "/var/lib/dpkg",
+    "/var/lib/apt",
+];
+
+/// Limits of the walk, so a huge disk cannot stall a scan.
+#[derive(Debug, Clone)]
+pub struct WalkLimits {
+    pub max_depth: usize,
+    pub max_entries: usize,
+    pub max_time: Duration,
+}
+
+impl Default for WalkLimits {
+    fn default() -> Self {
+        WalkLimits {
+            max_depth: 16,
+            max_entries: 400_000,
+            max_time: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Largest file sniffed for an ELF header when its name does not say `.ko`.
+const MAX_SNIFF_SIZE: u64 = 16 * 1024 * 1024;
+
+/// Statistics of the walk.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalkStats {
+    pub roots: Vec<String>,
+    pub dirs: usize,
+    pub files: usize,
+    pub sniffed: usize,
+    pub truncated: Option<String>,
+    pub elapsed_ms: f64,
+}
+
+/// A directory to walk (raw path bytes) and its depth.
+type DirItem = (Vec<u8>, usize);
+
+/// Finds kernel module files under `roots`, on every CPU: workers share a
+/// queue of directories (the walk is bound by `getdents64` and `stat` system
+/// calls, which run in parallel).
+pub fn find_files(
+    host: &Host,
+    roots: &[String],
+    limits: &WalkLimits,
+) -> (Vec<ModuleFile>, WalkStats) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+
+    let t0 = Instant::now();
+    // Roots inside other roots (after resolving links: /lib/udev is
+    // /usr/lib/udev on merged-/usr systems) are walked under their own name,
+    // which is the path an administrator knows, and skipped in the outer
+    // walk. Inside a tree no link is followed, so no directory needs a stat to
+    // be recognised twice.
+    let canon: Vec<Option<std::path::PathBuf>> = roots
+        .iter()
+        .map(|r| std::fs::canonicalize(host.path(r)).ok())
+        .collect();
+    let mut start: Vec<DirItem> = Vec::new();
+    let mut skip: Vec<Vec<u8>> = Vec::new();
+    for (i, r) in roots.iter().enumerate() {
+        let Some(c) = &canon[i] else { continue };
+        if canon[..i].iter().any(|o| o.as_ref() == Some(c)) {
+            continue; // the same directory named twice
+        }
+        start.push((r.as_bytes().to_vec(), 0usize));
+        for (j, o) in canon.iter().enumerate() {
+            let Some(o) = o else { continue };
+            if j != i && o != c {
+                if let Ok(rest) = o.strip_prefix(c) {
+                    // roots[j] lies inside r: r's walk skips it.
+                    let mut s = r.trim_end_matches('/').as_bytes().to_vec();
+                    s.push(b'/');
+                    s.extend_from_slice(rest.as_os_str().as_encoded_bytes());
+                    skip.push(s);
+                }
+            }
+        }
+    }
+    start.reverse();
+    // (queue, workers busy with a directory)
+    let queue: Mutex<(Vec<DirItem>, usize)> = Mutex::new((start, 0));
+    let wake = Condvar::new();
+    let entries_seen = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let truncated: Mutex<Option<String>> = Mutex::new(None);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+
+    let worker = || {
+        let mut out = Vec::new();
+        let mut stats = WalkStats::default();
+        loop {
+            let (dir, depth) = {
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return (out, stats);
+                    }
+                    if let Some(item) = q.0.pop() {
+                        q.1 += 1;
+                        break item;
+                    }
+                    if q.1 == 0 {
+                        wake.notify_all();
+                        return (out, stats);
+                    }
+                    q = wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let mut subdirs = Vec::new();
+            let deadline = t0 + limits.max_time;
+            let finished = walk_one(
+                host,
+                &dir,
+                depth,
+                limits,
+                &skip,
+                deadline,
+                &mut subdirs,
+                &mut out,
+                &mut stats,
+            );
+            let total = entries_seen.fetch_add(stats.files, Ordering::Relaxed) + stats.files;
+            stats.files = 0;
+            if total > limits.max_entries || !finished || t0.elapsed() > limits.max_time {
+                let why = if total > limits.max_entries {
+                    format!("stopped after {} entries", limits.max_entries)
+                } else {
+                    format!("stopped after {:.0} s", limits.max_time.as_secs_f64())
+                };
+                truncated
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(why);
+                stop.store(true, Ordering::Relaxed);
+            }
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.0.extend(subdirs);
+            q.1 -= 1;
+            wake.notify_all();
+        }
+    };
+    let results: Vec<(Vec<ModuleFile>, WalkStats)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers).map(|_| s.spawn(worker)).collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let mut stats = WalkStats {
+        roots: roots.to_vec(),
+        files: entries_seen.load(Ordering::Relaxed),
+        truncated: truncated.into_inner().unwrap_or_else(|e| e.into_inner()),
+        ..WalkStats::default()
+    };
+    let mut out = Vec::new();
+    for (files, st) in results {
+        out.extend(files);
+        stats.dirs += st.dirs;
+        stats.sniffed += st.sniffed;
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup_by(|a, b| a.path == b.path);
+    stats.elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+    (out, stats)
+}
+
+/// Lists one directory: module candidates into `out`, subdirectories into
+/// `subdirs`. Paths stay bytes: a directory named with invalid UTF-8 is walked
+/// like any other. Returns false when the deadline passed inside the directory
+/// (a directory of millions of entries cannot stall the scan).
+#[allow(clippy::too_many_arguments)]
+fn walk_one(
+    host: &Host,
+    dir: &[u8],
+    depth: usize,
+    limits: &WalkLimits,
+    skip: &[Vec<u8>],
+    deadline: Instant,
+    subdirs: &mut Vec<DirItem>,
+    out: &mut Vec<ModuleFile>,
+    stats: &mut WalkStats,
+) -> bool {
+    let skipped = |s: &[u8]| dir == s || (dir.starts_with(s) && dir.get(s.len()) == Some(&b'/'));
+    if SKIP_DIRS.iter().any(|s| skipped(s.as_bytes()))
+        || (depth > 0 && skip.iter().any(|s| skipped(s)))
+    {
+        return true;
+    }
+    let Ok(entries) = host.list_dir(bytes_to_path(dir)) else {
+        return true;
+    };
+    stats.dirs += 1;
+    let join = |name: &[u8]| {
+        let mut p = dir.to_vec();
+        if !p.ends_with(b"/") {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        p
+    };
+    for (i, e) in entries.iter().enumerate() {
+        if i % 4096 == 4095 && Instant::now() > deadline {
+            return false;
+        }
+        stats.files += 1;
+        let name = &e.name[..];
+        use rustix::fs::FileType;
+        match e.file_type {
+            FileType::Directory if depth < limits.max_depth => {
+                subdirs.push((join(name), depth + 1))
+            }
+            FileType::RegularFile | FileType::Unknown if worth_a_look(name) => {
+                if let Some(m) = inspect_candidate(host, &join(name), name, stats) {
+                    out.push(m);
+                }
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
+fn compression_of(name: &[u8]) -> Option<Option<&'static str>> {
+    if name.ends_with(b".ko") {
+        Some(None)
+    } else if name.ends_with(b".ko.xz") {
+        Some(Some("xz"))
+    } else if name.ends_with(b".ko.zst") {
+        Some(Some("zstd"))
+    } else if name.ends_with(b".ko.gz") {
+        Some(Some("gzip"))
+    } else {
+        None
+    }
+}
+
+/// Whether a file name is worth a look: a module name, or a name that looks
+/// like a program or object (no extension, a hidden name, `.o`/`.so`/`.bin`-
+/// like) — not the hundreds of thousands of scripts, headers and data files
+/// under /usr/lib. Deciding from the name avoids a stat (and even building the
+/// path) for most files.
+fn worth_a_look(name: &[u8]) -> bool {
+    if compression_of(name).is_some() {
+        return true;
+    }
+    let ext = name
+        .iter()
+        .rposition(|b| *b == b'.')
+        .map(|i| &name[i + 1..]);
+    ext.is_none()
+        || name.starts_with(b".")
+        || name.windows(4).any(|w| w == b".so.")
+        || matches!(
+            ext,
+            Some(b"o" | b"so" | b"bin" | b"mod" | b"dat" | b"tmp" | b"cache")
+        )
+}
+
+fn inspect_candidate(
+    host: &Host,
+    path: &[u8],
+    name: &[u8],
+    stats: &mut WalkStats,
+) -> Option<ModuleFile> {
+    if let Some(compression) = compression_of(name) {
+        return Some(inspect(host, path, compression, true));
+    }
+    let st = host.lstat(bytes_to_path(path)).ok()?;
+    let size = st.st_size as u64;
+    if !(64..=MAX_SNIFF_SIZE).contains(&size) || st.st_mode & 0o170000 != 0o100000 {
+        return None;
+    }
+    stats.sniffed += 1;
+    let head = host.read_prefix(bytes_to_path(path), 20).ok()?;
+    if head.len() < 20 || &head[..4] != b"\x7fELF" || elf_type(&head) != Some(1) {
+        return None;
+    }
+    let m = inspect(host, path, None, false);
+    (!m.modinfo.is_empty()).then_some(m)
+}
