@@ -205,20 +205,27 @@ pub fn run_full(
         pool_ports: rules.pool_ports(),
         fresh: fresh.as_ref().map(|f| f.host().clone()),
     };
+    // The module-file walk reads the disk: it runs during the CPU sample (at
+    // the lowest priority, and Quarry's own CPU is left out of the machine's
+    // busy share) and beside the census after it.
+    let walk = on(Check::Modules).then(|| {
+        let (h, roots, limits) = (
+            host.clone(),
+            opts.module_roots.clone(),
+            opts.walk_limits.clone(),
+        );
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = collect::modules::find_files(&h, &roots, &limits);
+            (r, t.elapsed())
+        })
+    });
     let snap = collect::sample(host, &collect_opts)?;
     let t = Instant::now();
-    let (cpu, cpu_finding) = detect::cpu::assess(&snap, opts.cpu_threshold);
+    let me = host.is_live().then(|| std::process::id() as i32);
+    let (cpu, cpu_finding) = detect::cpu::assess(&snap, opts.cpu_threshold, me);
     let mut findings = Vec::new();
-    std::thread::scope(|scope| -> std::io::Result<(Report, Snapshot)> {
-        // The module-file walk reads the disk, the census probes the kernel: run
-        // the walk beside everything else.
-        let walk = on(Check::Modules).then(|| {
-            scope.spawn(|| {
-                let t = Instant::now();
-                let r = collect::modules::find_files(host, &opts.module_roots, &opts.walk_limits);
-                (r, t.elapsed())
-            })
-        });
+    std::thread::scope(|_scope| -> std::io::Result<(Report, Snapshot)> {
         let mut census_summary = None;
         let mut census_us = 0;
         let mut confirm_sleep_us = 0;

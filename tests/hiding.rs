@@ -126,8 +126,10 @@ fn ld_so_preload_hider_is_reported_and_cannot_hide_from_quarry() {
 
 #[test]
 fn storm_of_short_lived_processes_and_threads_gives_no_hidden_finding() {
-    require_root!();
-    let _l = lock();
+    sandboxed_mounts!(
+        "storm_of_short_lived_processes_and_threads_gives_no_hidden_finding",
+        false
+    );
     let mut cmd = Command::new(burner());
     cmd.args(["--fork-storm", "20"]);
     let _storm = start(cmd);

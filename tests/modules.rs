@@ -270,6 +270,7 @@ fn seed_module_files_are_identified() {
 
 #[test]
 fn compressed_module_files_are_decoded() {
+    sandboxed_mounts!("compressed_module_files_are_decoded", false);
     let dir = tempfile::tempdir().unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c");
     let ko = dir.path().join("plain.o");
@@ -445,4 +446,53 @@ fn module_severity_follows_evidence() {
         "{out}"
     );
     assert!(!out.contains("score "), "{out}");
+}
+
+/// Issue 11: what was judged is remembered by inode and times: a second scan
+/// reads no unchanged module file; a file changed in place (same size, new
+/// content, ctime moved) is judged again.
+#[test]
+fn module_cache_skips_unchanged_files() {
+    sandboxed_clean!("module_cache_skips_unchanged_files");
+    let rel = running_release();
+    for i in 0..5 {
+        build_module(
+            &format!("qc{i}"),
+            &rel,
+            Path::new(&format!("/srv/m/qc{i}.ko")),
+        );
+    }
+    let walk = |s: &Scan, k: &str| s.json["modules"]["walk"][k].as_u64().unwrap();
+    let first = module_scan("/srv/m");
+    assert_eq!(walk(&first, "inspected"), 5, "{:#}", first.json["modules"]);
+    let second = module_scan("/srv/m");
+    assert_eq!(
+        walk(&second, "inspected"),
+        0,
+        "{:#}",
+        second.json["modules"]
+    );
+    assert_eq!(walk(&second, "cached"), 5);
+    assert_eq!(by_rule(&second, "module.file").len(), 5);
+    // Same size, new content: the name changes inside .modinfo.
+    let p = Path::new("/srv/m/qc3.ko");
+    let data = std::fs::read(p).unwrap();
+    let at = data
+        .windows(8)
+        .position(|w| w == b"name=qc3")
+        .expect("the name in .modinfo");
+    let mut edited = data.clone();
+    edited[at + 6] = b'x';
+    assert_eq!(edited.len(), data.len());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(p, &edited).unwrap();
+    let third = module_scan("/srv/m");
+    assert_eq!(walk(&third, "inspected"), 1, "{:#}", third.json["modules"]);
+    assert!(
+        by_rule(&third, "module.file")
+            .iter()
+            .any(|f| f["subject"]["name"] == "qx3"),
+        "{:#}",
+        third.json["findings"]
+    );
 }

@@ -17,12 +17,19 @@ pub struct CpuVerdict {
     pub abnormal: bool,
     /// Sum of visible processes' CPU over the interval, % of all CPUs.
     pub visible_percent: f64,
+    /// Quarry's own CPU over the interval (its module walk runs during the
+    /// sample), % of all CPUs, left out of `busy_percent`.
+    pub quarry_percent: f64,
 }
 
 /// Computes the verdict and, when abnormal, a `cpu.abnormal` finding.
-pub fn assess(snap: &Snapshot, threshold: f64) -> (CpuVerdict, Option<Finding>) {
-    let busy = snap.busy_percent();
+/// `me` is Quarry's own PID on the live host: its CPU is not the machine's.
+pub fn assess(snap: &Snapshot, threshold: f64, me: Option<i32>) -> (CpuVerdict, Option<Finding>) {
     let cpus = snap.host.cpus.max(1) as f64;
+    let own = me
+        .and_then(|pid| snap.processes.get(&pid))
+        .map_or(0.0, |p| p.cpu_percent / cpus);
+    let busy = (snap.busy_percent() - own).max(0.0);
     let visible: f64 = snap.processes.values().map(|p| p.cpu_percent).sum::<f64>() / cpus;
     let v = CpuVerdict {
         busy_percent: busy,
@@ -32,17 +39,22 @@ pub fn assess(snap: &Snapshot, threshold: f64) -> (CpuVerdict, Option<Finding>) 
         // Below 0.1 s a few clock ticks decide the share: no verdict.
         abnormal: busy >= threshold && snap.elapsed.as_millis() >= 100,
         visible_percent: visible.min(100.0),
+        quarry_percent: own,
     };
     if !v.abnormal {
         return (v, None);
     }
-    let mut top: Vec<_> = snap.processes.values().collect();
+    let mut top: Vec<_> = snap
+        .processes
+        .values()
+        .filter(|p| Some(p.pid) != me)
+        .collect();
     top.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent));
     let mut evidence = vec![
         Evidence::new(
             "busy",
             format!(
-                "{busy:.1}% of {} CPUs over {:.2} s (/proc/stat)",
+                "{busy:.1}% of {} CPUs over {:.2} s (/proc/stat, less Quarry's own {own:.1}%)",
                 snap.host.cpus, v.interval_seconds
             ),
         ),

@@ -65,6 +65,7 @@ pub const OVERLAID: &[&str] = &[
     "/srv",
     "/var/spool",
     "/var/lib",
+    "/var/cache",
     "/home",
     "/root",
 ];

@@ -64,7 +64,7 @@ pub struct Place {
 /// bytes, a 12-byte trailer (algorithm, hash, id type, signer and key-id
 /// lengths, 3 bytes of padding, big-endian signature length), then the magic
 /// string. For PKCS#7 (id type 2) the signer is in the CMS SignerInfo.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ModSig {
     /// `PKCS#7`, or the id type number when it is another.
     pub kind: String,
@@ -152,6 +152,21 @@ pub(super) fn elf_type(h: &[u8]) -> Option<u16> {
     } else {
         u16::from_le_bytes(b)
     })
+}
+
+/// A module file's record before it is judged: path, metadata, name kind.
+pub fn inspect_shell(host: &Host, path: &[u8], named: bool) -> ModuleFile {
+    ModuleFile {
+        path: path.to_vec(),
+        meta: host.file_meta(bytes_to_path(path)),
+        identification: String::new(),
+        compression: None,
+        modinfo: BTreeMap::new(),
+        sha256: None,
+        named_as_module: named,
+        signature: None,
+        place: Place::default(),
+    }
 }
 
 /// Reads, decompresses and identifies one module file.

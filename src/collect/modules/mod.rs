@@ -14,8 +14,10 @@
 //! - [`identify`]: what a candidate file is (ELF type, `.modinfo`, compression);
 //! - [`place`]: where it lies and who put it there (tree, DKMS, build, package,
 //!   signer, kernel release);
+//! - [`cache`]: what was judged, remembered between scans by inode and times;
 //! - [`loaded`]: the loaded-module views and their disagreements.
 
+pub mod cache;
 mod identify;
 mod loaded;
 pub mod place;

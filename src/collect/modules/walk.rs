@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::identify::{elf_type, inspect, ModuleFile};
+use super::cache::{key_of, Cache, Judged};
+use super::identify::{elf_type, inspect, inspect_shell, ModuleFile};
 use crate::host::{bytes_to_path, Host};
 
 /// Where the walk looks by default (`--module-path` replaces it).
@@ -69,6 +70,14 @@ pub struct WalkStats {
     pub dirs: usize,
     pub files: usize,
     pub sniffed: usize,
+    /// Files read and judged in this walk.
+    pub inspected: usize,
+    /// Files whose judgement came from the cache (not read).
+    pub cached: usize,
+    #[serde(skip)]
+    seen_modules: Vec<(super::cache::Key, super::cache::Judged)>,
+    #[serde(skip)]
+    seen_not: Vec<super::cache::Key>,
     pub truncated: Option<String>,
     pub elapsed_ms: f64,
 }
@@ -88,6 +97,7 @@ pub fn find_files(
     use std::sync::{Condvar, Mutex};
 
     let t0 = Instant::now();
+    let cache = Cache::load(host);
     // Roots inside other roots (after resolving links: /lib/udev is
     // /usr/lib/udev on merged-/usr systems) are walked under their own name,
     // which is the path an administrator knows, and skipped in the outer
@@ -130,6 +140,12 @@ pub fn find_files(
         .clamp(1, 4);
 
     let worker = || {
+        // The walk runs during the CPU sample: at the lowest priority, so it
+        // takes only CPU the machine's own work leaves idle (per-thread nice,
+        // setpriority(2) on the thread id).
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        }
         let mut out = Vec::new();
         let mut stats = WalkStats::default();
         loop {
@@ -154,6 +170,7 @@ pub fn find_files(
             let deadline = t0 + limits.max_time;
             let finished = walk_one(
                 host,
+                &cache,
                 &dir,
                 depth,
                 limits,
@@ -194,10 +211,18 @@ pub fn find_files(
         ..WalkStats::default()
     };
     let mut out = Vec::new();
+    let (mut seen_modules, mut seen_not) = (Vec::new(), Vec::new());
     for (files, st) in results {
         out.extend(files);
         stats.dirs += st.dirs;
         stats.sniffed += st.sniffed;
+        stats.inspected += st.inspected;
+        stats.cached += st.cached;
+        seen_modules.extend(st.seen_modules);
+        seen_not.extend(st.seen_not);
+    }
+    if stats.inspected > 0 || stats.cached != seen_modules.len() + seen_not.len() {
+        cache.save(seen_modules, seen_not);
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);
@@ -212,6 +237,7 @@ pub fn find_files(
 #[allow(clippy::too_many_arguments)]
 fn walk_one(
     host: &Host,
+    cache: &Cache,
     dir: &[u8],
     depth: usize,
     limits: &WalkLimits,
@@ -251,7 +277,7 @@ fn walk_one(
                 subdirs.push((join(name), depth + 1))
             }
             FileType::RegularFile | FileType::Unknown if worth_a_look(name) => {
-                if let Some(m) = inspect_candidate(host, &join(name), name, stats) {
+                if let Some(m) = inspect_candidate(host, cache, &join(name), name, stats) {
                     out.push(m);
                 }
             }
@@ -299,23 +325,47 @@ fn worth_a_look(name: &[u8]) -> bool {
 
 fn inspect_candidate(
     host: &Host,
+    cache: &Cache,
     path: &[u8],
     name: &[u8],
     stats: &mut WalkStats,
 ) -> Option<ModuleFile> {
-    if let Some(compression) = compression_of(name) {
-        return Some(inspect(host, path, compression, true));
-    }
     let st = host.lstat(bytes_to_path(path)).ok()?;
+    let key = key_of(&st);
+    if let Some(j) = cache.module(&key) {
+        stats.cached += 1;
+        let mut m = inspect_shell(host, path, compression_of(name).is_some());
+        j.apply(&mut m);
+        stats.seen_modules.push((key, j.clone()));
+        return Some(m);
+    }
+    if let Some(compression) = compression_of(name) {
+        stats.inspected += 1;
+        let m = inspect(host, path, compression, true);
+        stats.seen_modules.push((key, Judged::of(&m)));
+        return Some(m);
+    }
     let size = st.st_size as u64;
     if !(64..=MAX_SNIFF_SIZE).contains(&size) || st.st_mode & 0o170000 != 0o100000 {
+        return None;
+    }
+    if cache.is_not_module(&key) {
+        stats.cached += 1;
+        stats.seen_not.push(key);
         return None;
     }
     stats.sniffed += 1;
     let head = host.read_prefix(bytes_to_path(path), 20).ok()?;
     if head.len() < 20 || &head[..4] != b"\x7fELF" || elf_type(&head) != Some(1) {
+        stats.seen_not.push(key);
         return None;
     }
+    stats.inspected += 1;
     let m = inspect(host, path, None, false);
-    (!m.modinfo.is_empty()).then_some(m)
+    if m.modinfo.is_empty() {
+        stats.seen_not.push(key);
+        return None;
+    }
+    stats.seen_modules.push((key, Judged::of(&m)));
+    Some(m)
 }
