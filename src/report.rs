@@ -236,7 +236,19 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
     if r.findings.is_empty() {
         let _ = writeln!(s, "  none");
     }
+    // Repeated findings of one rule and severity are shown in full up to
+    // GROUP_SHOWN times, then counted in one line (the JSON keeps every one).
+    let mut shown: BTreeMap<(&str, Severity), usize> = BTreeMap::new();
+    let mut hidden_count: BTreeMap<(&str, Severity), usize> = BTreeMap::new();
     for f in &r.findings {
+        let n = shown.entry((f.rule.as_str(), f.severity)).or_default();
+        *n += 1;
+        if *n > GROUP_SHOWN {
+            *hidden_count
+                .entry((f.rule.as_str(), f.severity))
+                .or_default() += 1;
+            continue;
+        }
         let techs: Vec<String> = f
             .techniques
             .iter()
@@ -274,13 +286,27 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
             let target = f
                 .subject
                 .pid
-                .map_or_else(|| f.rule.clone(), |p| p.to_string());
+                .map(|p| p.to_string())
+                .or_else(|| {
+                    f.remedies
+                        .iter()
+                        .find_map(|r| r.file())
+                        .map(|p| p.display())
+                })
+                .unwrap_or_else(|| f.rule.clone());
             let _ = writeln!(
                 s,
                 "{pad}{} quarry fix --only {target}   (dry run; add --yes to act, quarry restore undoes it)",
                 st.dim("to remove:")
             );
         }
+    }
+    for ((rule, sev), n) in &hidden_count {
+        let _ = writeln!(
+            s,
+            "  {} … and {n} more {rule} finding(s) like the ones above (all of them: --format json)",
+            st.sev(*sev)
+        );
     }
 
     if !r.limitations.is_empty() {
@@ -315,6 +341,9 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
     );
     out.write_all(s.as_bytes())
 }
+
+/// How many findings of one rule and severity the text report shows in full.
+const GROUP_SHOWN: usize = 5;
 
 /// The verdict line: it names what the findings say, so it never contradicts
 /// them or the exit code. Process verdicts first; then, at or above high,

@@ -496,3 +496,30 @@ fn module_cache_skips_unchanged_files() {
         third.json["findings"]
     );
 }
+
+/// Issue 11: the text report shows a few findings of one rule and severity in
+/// full and counts the rest; the JSON keeps every one.
+#[test]
+fn repeated_findings_are_grouped_in_text() {
+    sandboxed_clean!("repeated_findings_are_grouped_in_text");
+    for i in 0..8 {
+        build_module(
+            &format!("qg{i}"),
+            "5.10.0-other",
+            Path::new(&format!("/srv/g/qg{i}.ko")),
+        );
+    }
+    let (_, out, _) = quarry(&[
+        "scan",
+        "--only",
+        "modules",
+        "--interval",
+        "0",
+        "--module-path",
+        "/srv/g",
+    ]);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("[module.file]").count(), 5, "{out}");
+    assert!(out.contains("… and 3 more module.file finding(s)"), "{out}");
+    assert_eq!(by_rule(&module_scan("/srv/g"), "module.file").len(), 8);
+}

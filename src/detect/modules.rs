@@ -180,6 +180,18 @@ fn file_finding(m: &ModuleFile, signals: Vec<Signal>, release: &str) -> Finding 
         Evidence::new("file", m.meta.describe()),
         Evidence::new("signature", signature_words(m)),
         Evidence::new(
+            "package",
+            match (&m.place.package, m.place.package_checksum_ok) {
+                (Some(p), Some(true)) => format!("{p} (content matches its MD5 checksum)"),
+                (Some(p), Some(false)) => format!("{p} (content does NOT match its MD5 checksum)"),
+                (Some(p), None) => format!("{p} (no checksum recorded)"),
+                (None, _) if m.place.packages_checked => {
+                    "no installed package owns it (dpkg)".into()
+                }
+                (None, _) => "not checked (no dpkg database; rpm databases are not read)".into(),
+            },
+        ),
+        Evidence::new(
             "place",
             match (&m.place.kind, &m.place.root) {
                 (k, Some(r)) => format!("{k} {r}"),

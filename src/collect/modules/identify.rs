@@ -50,6 +50,8 @@ pub struct Place {
     pub version: Option<String>,
     /// The installed package that owns the file (dpkg).
     pub package: Option<String>,
+    /// Whether a package database was read at all.
+    pub packages_checked: bool,
     /// Whether its content matches the package's MD5 checksum; `None` when
     /// not checked.
     pub package_checksum_ok: Option<bool>,

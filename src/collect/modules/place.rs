@@ -110,6 +110,7 @@ pub fn classify(host: &Host, files: &mut [ModuleFile], ctx: &Context) {
                 p.root_raw = Some(parent.clone());
             }
         }
+        p.packages_checked = ctx.packages.checked();
         if let Some(pkg) = ctx.packages.owner(&path) {
             p.package = Some(pkg.to_string());
             p.package_checksum_ok = ctx.packages.md5_matches(host, pkg, &path);
