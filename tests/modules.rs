@@ -422,6 +422,11 @@ fn module_severity_follows_evidence() {
     build_module("qdkms", &rel, Path::new(&dkms));
     build_module("qbuild", &rel, Path::new("/srv/src/qbuild/qbuild.ko"));
     std::fs::write("/srv/src/qbuild/Module.symvers", "").unwrap();
+    // An unsigned module for this kernel slipped into a module tree is not
+    // hidden by the tree's grouping.
+    let tree = format!("/srv/t/lib/modules/{rel}");
+    build_module("qin", &rel, Path::new(&format!("{tree}/kernel/qin.ko")));
+    std::fs::write(format!("{tree}/modules.dep"), "kernel/qin.ko:\n").unwrap();
     let s = scan(&["--only", "modules", "--interval", "0"]);
     let sev = |p: &str| {
         s.findings()
@@ -437,12 +442,13 @@ fn module_severity_follows_evidence() {
     assert_eq!(sev("/tmp/y/qother.ko"), "medium");
     assert_eq!(sev(&dkms), "low");
     assert_eq!(sev("/srv/src/qbuild/qbuild.ko"), "low");
+    assert_eq!(sev(&format!("{tree}/kernel/qin.ko")), "high");
     // The verdict line names what was found, and agrees with the exit code.
     let (code, out, _) = quarry(&["scan", "--only", "modules", "--interval", "0"]);
     let out = String::from_utf8_lossy(&out);
     assert_eq!(code, 1);
     assert!(
-        out.contains("VERDICT: no miner process named, but 2 module file(s) to examine"),
+        out.contains("VERDICT: no miner process named, but 3 module file(s) to examine"),
         "{out}"
     );
     assert!(!out.contains("score "), "{out}");

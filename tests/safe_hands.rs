@@ -549,53 +549,59 @@ fn row10_paths_that_are_not_utf8() {
     assert!(!text(&out).contains("already gone"), "{}", text(&out));
 }
 
-/// Without any attacker: dozens of ordinary module files under /tmp (an
-/// extracted kernel package) are reported but never planned by default; the
-/// plan names them only when --force asks for everything.
+/// Without any attacker: an extracted kernel module tree under /tmp is never
+/// planned; and a plan of more than 25 files (here 30 module files named like
+/// a rootkit's) is refused unless --only or --force scopes it.
 #[test]
 fn a_kernel_tree_under_tmp_is_not_quarantined() {
     sandboxed_clean!("a_kernel_tree_under_tmp_is_not_quarantined");
-    let tree = Path::new("/tmp/linux/lib/modules/6.1.0-test/kernel/drivers");
-    std::fs::create_dir_all(tree).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c");
-    let first = tree.join("mod0.ko");
-    assert!(Command::new("cc")
-        .args(["-c", "-DMODNAME=\"mod0\"", "-o"])
-        .arg(&first)
-        .arg(&src)
-        .status()
-        .unwrap()
-        .success());
-    for i in 1..40 {
-        std::fs::copy(&first, tree.join(format!("mod{i}.ko"))).unwrap();
+    let cc = |name: &str, out: &Path| {
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        assert!(Command::new("cc")
+            .arg("-c")
+            .arg(format!("-DMODNAME=\"{name}\""))
+            .arg("-o")
+            .arg(out)
+            .arg(&src)
+            .status()
+            .unwrap()
+            .success());
+    };
+    let tree = Path::new("/tmp/linux/lib/modules/6.1.0-test");
+    for i in 0..40 {
+        cc(
+            &format!("mod{i}"),
+            &tree.join(format!("kernel/drivers/mod{i}.ko")),
+        );
     }
-    // The default plan (a dry run: the suite never runs an unscoped --yes).
+    std::fs::write(tree.join("modules.dep"), "").unwrap();
+    for args in [vec![], vec!["--force"]] {
+        let out = fix(&args);
+        assert!(
+            !text(&out).contains("quarantine /tmp/linux"),
+            "{}",
+            text(&out)
+        );
+    }
+    // 30 files named like a rootkit module: critical, so planned by default,
+    // but more than 25 files: refused without a scope.
+    for i in 0..30 {
+        cc("snd_pcs", Path::new(&format!("/tmp/r/m{i}.ko")));
+    }
     let out = fix(&[]);
-    assert!(
-        !text(&out).contains("quarantine /tmp/linux"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("[module.file]") && text(&out).contains("reported, not acted on"),
-        "{}",
-        text(&out)
-    );
-    // --force asks for everything at or above high: then the guard on more
-    // than 25 files does not apply, and the plan lists them.
+    assert!(text(&out).contains("more than 25"), "{}", text(&out));
+    assert!(!text(&out).contains("quarantine /tmp/r/"), "{}", text(&out));
     let forced = fix(&["--force"]);
-    assert!(
-        text(&forced).contains("quarantine /tmp/linux"),
+    assert_eq!(
+        text(&forced).matches("quarantine /tmp/r/").count(),
+        30,
         "{}",
         text(&forced)
     );
-    // Scoped to one file, the plan holds that file only.
-    let one = fix(&[
-        "--only",
-        "/tmp/linux/lib/modules/6.1.0-test/kernel/drivers/mod3.ko",
-    ]);
+    let one = fix(&["--only", "/tmp/r/m3.ko"]);
     assert_eq!(
-        text(&one).matches("quarantine /tmp/linux").count(),
+        text(&one).matches("quarantine /tmp/").count(),
         1,
         "{}",
         text(&one)
