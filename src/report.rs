@@ -90,8 +90,18 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
     };
     let _ = writeln!(
         s,
-        "\nCPU {:.1}% busy over {:.1} s: {verdict} (threshold {:.0}%)",
-        c.busy_percent, c.interval_seconds, c.threshold_percent
+        "\nCPU {:.1}% busy over {:.1} s: {verdict} (threshold {:.0}%){}",
+        c.busy_percent,
+        c.interval_seconds,
+        c.threshold_percent,
+        if c.quarry_percent >= 0.5 {
+            format!(
+                "; Quarry's own {:.1}% (its file walk, at the lowest priority) is left out",
+                c.quarry_percent
+            )
+        } else {
+            String::new()
+        }
     );
     let per: Vec<String> = c
         .per_cpu_percent

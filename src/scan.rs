@@ -438,10 +438,13 @@ fn top_processes(host: &Host, snap: &Snapshot, findings: &[Finding], n: usize) -
             .total_cmp(&a.cpu_percent)
             .then(a.pid.cmp(&b.pid))
     });
-    // Idle processes are noise in a "who is eating the CPU" list.
+    // Idle processes are noise in a "who is eating the CPU" list, and so is
+    // Quarry itself (its module walk runs during the sample; its share is in
+    // `cpu.quarry_percent`).
+    let me = host.is_live().then(|| std::process::id() as i32);
     procs
         .into_iter()
-        .filter(|p| p.cpu_percent > 0.0)
+        .filter(|p| p.cpu_percent > 0.0 && Some(p.pid) != me)
         .take(n)
         .map(|p| {
             let (exe, exe_state) = match &p.exe {
