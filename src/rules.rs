@@ -28,6 +28,11 @@ pub enum Kind {
     /// A case-insensitive substring of the command line (stratum URLs, pool names,
     /// miner options, algorithm names).
     Cmdline,
+    /// A proof-of-work algorithm name, matched only as the value of the
+    /// process's own algorithm option (`-a rx/0`, `--algo=rx/0`,
+    /// `--algorithm rx`), never inside other words: a compiler's
+    /// `-DXMRIG_ALGO_RANDOMX` or a file name is not a miner's option.
+    Algorithm,
     /// A TCP port that mining pools commonly listen on (weak alone).
     PoolPort,
     /// A directory prefix where miners are dropped (world-writable or volatile).
@@ -48,6 +53,7 @@ impl Kind {
         match self {
             Kind::ProcessName => "miner-name",
             Kind::Cmdline => "mining-cmdline",
+            Kind::Algorithm => "mining-algorithm",
             Kind::PoolPort => "pool-port",
             Kind::TempDir => "exe-in-temp-dir",
             Kind::KernelThreadName => "kthread-name",
@@ -279,6 +285,7 @@ fn default_weight(kind: Kind) -> u32 {
     match kind {
         Kind::ProcessName => 3,
         Kind::Cmdline => 3,
+        Kind::Algorithm => 2,
         Kind::PoolPort => 1,
         Kind::TempDir => 1,
         Kind::KernelThreadName => 0,
@@ -290,7 +297,7 @@ fn default_weight(kind: Kind) -> u32 {
 
 fn default_technique(kind: Kind) -> &'static str {
     match kind {
-        Kind::ProcessName | Kind::Cmdline | Kind::PoolPort => "T1496",
+        Kind::ProcessName | Kind::Cmdline | Kind::Algorithm | Kind::PoolPort => "T1496",
         Kind::TempDir => "T1074",
         Kind::KernelThreadName => "T1036.004",
         Kind::ModuleName | Kind::ModuleDir => "T1547.006",

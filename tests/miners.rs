@@ -161,7 +161,27 @@ fn ordinary_busy_processes_are_not_flagged() {
     let _b = install_burner("/tmp/quarry-build-test/cc1");
     let a = start(Command::new("/usr/local/bin/cc1plus"));
     let b = start(Command::new("/tmp/quarry-build-test/cc1"));
+    // Compiling a miner's own sources (issue 9): its defines and file names
+    // name the algorithm, but they are not the process's algorithm option.
+    let _c = install_burner("/tmp/quarry-build-test/cc1plus");
+    let c = start({
+        let mut cmd = Command::new("/tmp/quarry-build-test/cc1plus");
+        cmd.args([
+            "-quiet",
+            "-DXMRIG_ALGO_RANDOMX",
+            "-DXMRIG_ALGO_ARGON2",
+            "src/crypto/randomx/randomx.cpp",
+            "-o",
+            "/tmp/ccX.s",
+        ]);
+        cmd
+    });
     let s = scan(&[]);
+    assert!(
+        s.miner(c.pid).is_none(),
+        "a compile of randomx.cpp flagged: {:#}",
+        s.json["findings"]
+    );
     assert!(
         s.miner(a.pid).is_none(),
         "cc1plus flagged: {:#}",

@@ -138,6 +138,21 @@ pub fn signals(snap: &Snapshot, rules: &Rules, p: &Process, conns: &[&net::Socke
 
     // 2. Mining strings in the command line: each rules entry counts once.
     let cmd = p.cmdline_lower();
+    if let Some(algo) = algorithm_option(&p.cmdline) {
+        if let Some(ind) = rules
+            .of(Kind::Algorithm)
+            .find(|ind| ind.values.contains(&algo))
+        {
+            sig.push(from_indicator(
+                ind,
+                format!(
+                    "algorithm option \"{}\": {}",
+                    crate::escape::escape_str(&algo),
+                    ind.note
+                ),
+            ));
+        }
+    }
     if !cmd.is_empty() {
         for ind in rules.of(Kind::Cmdline) {
             if let Some(v) = ind.values.iter().find(|v| cmd.contains(v.as_str())) {
@@ -323,6 +338,33 @@ pub fn judge(
     })
 }
 
+/// The value of a process's own algorithm option, lower-cased: the word after
+/// `-a`, `--algo` or `--algorithm`, or what follows `=` (`--algo=rx/0`) or is
+/// glued to `-a` (`-arx/0`). Only arguments after argv[0] count.
+pub fn algorithm_option(argv: &[Vec<u8>]) -> Option<String> {
+    let words: Vec<String> = argv
+        .iter()
+        .skip(1)
+        .map(|w| String::from_utf8_lossy(w).to_ascii_lowercase())
+        .collect();
+    for (i, w) in words.iter().enumerate() {
+        for opt in ["--algorithm", "--algo", "-a"] {
+            if w == opt {
+                return words.get(i + 1).cloned();
+            }
+            if let Some(v) = w.strip_prefix(opt) {
+                if let Some(v) = v.strip_prefix('=') {
+                    return Some(v.to_string());
+                }
+                if opt == "-a" && !v.is_empty() && !v.starts_with('-') {
+                    return Some(v.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Stop the process; quarantine its executable if it is a file on disk.
 pub fn process_remedies(p: &Process) -> Vec<super::Remedy> {
     let mut r = vec![super::Remedy::StopProcess {
@@ -443,6 +485,35 @@ pub fn find_wallet(args: &[Vec<u8>]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn algorithm_only_as_an_option_value() {
+        let argv = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            algorithm_option(&argv(&["x", "-a", "rx/0"])).as_deref(),
+            Some("rx/0")
+        );
+        assert_eq!(
+            algorithm_option(&argv(&["x", "--algo=RandomX"])).as_deref(),
+            Some("randomx")
+        );
+        assert_eq!(
+            algorithm_option(&argv(&["x", "-acn/r"])).as_deref(),
+            Some("cn/r")
+        );
+        assert_eq!(
+            algorithm_option(&argv(&[
+                "cc1plus",
+                "-DXMRIG_ALGO_RANDOMX",
+                "randomx.cpp",
+                "-o",
+                "x"
+            ])),
+            None
+        );
+        // argv[0] never counts: a tool named -a is not an option.
+        assert_eq!(algorithm_option(&argv(&["-a", "rx"])), None);
+    }
 
     #[test]
     fn wallets() {
