@@ -272,3 +272,37 @@ fn fixture_connection_nobody_owns() {
     );
     assert_eq!(s.json["census"]["orphan_sockets"], 1);
 }
+
+/// Issue 9: LD_LIBRARY_PATH into the process user's own cargo build tree
+/// under /tmp (what `cargo build` and `cargo test` set) is not a finding; the
+/// same variable into a bare folder in /tmp still is.
+#[test]
+fn cargo_build_tree_library_path_is_not_a_finding() {
+    sandboxed!("cargo_build_tree_library_path_is_not_a_finding");
+    std::fs::create_dir_all("/tmp/proj/target/release/deps").unwrap();
+    std::fs::write("/tmp/proj/Cargo.toml", "[package]\nname = \"proj\"\n").unwrap();
+    std::fs::create_dir_all("/tmp/evil").unwrap();
+    let spawn = |lib: &str| {
+        Command::new("sleep")
+            .arg("30")
+            .env("LD_LIBRARY_PATH", lib)
+            .spawn()
+            .unwrap()
+    };
+    let mut build = spawn("/tmp/proj/target/release/deps:/tmp/proj/target/release:/usr/lib");
+    let mut evil = spawn("/tmp/evil");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let s = scan(&["--only", "preload", "--interval", "0"]);
+    let env: Vec<&serde_json::Value> = s
+        .findings()
+        .iter()
+        .filter(|f| f["rule"] == "rootkit.preload-env")
+        .collect();
+    let _ = (build.kill(), evil.kill(), build.wait(), evil.wait());
+    assert_eq!(env.len(), 1, "{:#}", s.json["findings"]);
+    assert!(
+        env[0]["title"].as_str().unwrap().contains("/tmp/evil"),
+        "{:#}",
+        env[0]
+    );
+}

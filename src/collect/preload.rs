@@ -33,6 +33,11 @@ pub struct EnvEntry {
     pub pid: i32,
     pub var: &'static str,
     pub value: Vec<u8>,
+    /// Directories of the value that lie in a build tree (a cargo `target/`
+    /// beside a `Cargo.toml`, or a CMake build folder with `CMakeCache.txt`)
+    /// owned by the process's own user: what `cargo build` or `cmake --build`
+    /// set, not a hijack.
+    pub own_build_dirs: Vec<Vec<u8>>,
 }
 
 /// The userland-rootkit picture.
@@ -72,6 +77,11 @@ pub fn collect(host: &Host, pids: &[i32]) -> Preload {
                                     pid,
                                     var,
                                     value: v.to_vec(),
+                                    own_build_dirs: if var == "LD_LIBRARY_PATH" {
+                                        own_build_dirs(host, pid, v)
+                                    } else {
+                                        Vec::new()
+                                    },
                                 });
                             }
                         }
@@ -103,6 +113,39 @@ pub fn collect(host: &Host, pids: &[i32]) -> Preload {
         }
     }
     p
+}
+
+/// The directories of a `LD_LIBRARY_PATH` value that lie in a build tree
+/// owned by the process's real user (see [`EnvEntry::own_build_dirs`]).
+fn own_build_dirs(host: &Host, pid: i32, value: &[u8]) -> Vec<Vec<u8>> {
+    let Some(uid) = host
+        .read_text(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            super::process::status_field(&t, "Uid")
+                .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        })
+        .and_then(|u| u.parse::<u32>().ok())
+    else {
+        return Vec::new();
+    };
+    value
+        .split(|b| *b == b':')
+        .filter(|d| !d.is_empty())
+        .filter(|d| {
+            let d = bytes_to_path(d);
+            let owned = |p: &std::path::Path| host.lstat(p).is_ok_and(|st| st.st_uid == uid);
+            owned(&d)
+                && d.ancestors().take(8).any(|a| {
+                    let cargo = a.file_name().is_some_and(|n| n == "target")
+                        && a.parent()
+                            .is_some_and(|p| host.exists(p.join("Cargo.toml")));
+                    let cmake = host.exists(a.join("CMakeCache.txt"));
+                    (cargo || cmake) && owned(a)
+                })
+        })
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 /// Splits `ld.so.preload` / `LD_PRELOAD` text into paths (ld.so(8): separated

@@ -137,17 +137,28 @@ pub fn findings(pre: &Preload, snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
         });
     }
     // LD_PRELOAD / LD_LIBRARY_PATH in environments, grouped by value.
-    let mut groups: std::collections::BTreeMap<(&str, &[u8]), Vec<i32>> = Default::default();
+    // (variable, value) → (PIDs, directories of it in their own build tree)
+    type Group<'a> = (Vec<i32>, &'a [Vec<u8>]);
+    let mut groups: std::collections::BTreeMap<(&str, &[u8]), Group> = Default::default();
     for e in &pre.env {
-        groups.entry((e.var, &e.value)).or_default().push(e.pid);
+        groups
+            .entry((e.var, &e.value))
+            .or_insert((Vec::new(), &e.own_build_dirs))
+            .0
+            .push(e.pid);
     }
     let temp: Vec<&str> = rules.values(Kind::TempDir).collect();
-    for ((var, value), pids) in groups {
-        let lower = String::from_utf8_lossy(value).to_ascii_lowercase();
-        let in_temp = lower.split(':').any(|p| {
-            temp.iter()
-                .any(|t| p.starts_with(t) || format!("{p}/").starts_with(t))
-        });
+    for ((var, value), (pids, build_dirs)) in groups {
+        // A build tool's LD_LIBRARY_PATH into its user's own build tree is
+        // not a hijack (cargo sets it for build scripts and tests).
+        let in_temp = value
+            .split(|b| *b == b':')
+            .filter(|d| !build_dirs.iter().any(|b| b == d))
+            .any(|d| {
+                let p = String::from_utf8_lossy(d).to_ascii_lowercase();
+                temp.iter()
+                    .any(|t| p.starts_with(t) || format!("{p}/").starts_with(t))
+            });
         let (sev, title) = if var == "LD_PRELOAD" {
             let hooks: Vec<String> = crate::collect::preload::split_preload(value)
                 .iter()
