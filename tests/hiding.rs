@@ -306,3 +306,44 @@ fn cargo_build_tree_library_path_is_not_a_finding() {
         env[0]
     );
 }
+
+/// Issue 9: a preload library an installed package owns, unchanged, that
+/// overrides no hiding function and names no process (what snoopy and
+/// libeatmydata are) is low with its package; the same bytes copied to a
+/// place no package owns stay high.
+#[test]
+fn packaged_preload_library_is_low() {
+    sandboxed!("packaged_preload_library_is_low");
+    let lib = [
+        "/lib/x86_64-linux-gnu/libdl.so.2",
+        "/usr/lib/x86_64-linux-gnu/libdl.so.2",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    let Some(lib) = lib else {
+        eprintln!("SKIPPED: no libdl.so.2 from libc6 here");
+        return;
+    };
+    std::fs::create_dir_all("/usr/local/lib/q").unwrap();
+    std::fs::copy(lib, "/usr/local/lib/q/libdl-copy.so").unwrap();
+    std::fs::write(
+        "/etc/ld.so.preload",
+        format!("{lib}\n/usr/local/lib/q/libdl-copy.so\n"),
+    )
+    .unwrap();
+    let s = scan(&["--only", "preload", "--interval", "0"]);
+    let f = |p: &str| {
+        s.findings()
+            .iter()
+            .find(|f| f["rule"] == "rootkit.preload" && f["subject"]["path"] == p)
+            .unwrap_or_else(|| panic!("no finding for {p}: {:#}", s.json["findings"]))
+            .clone()
+    };
+    let packaged = f(lib);
+    assert_eq!(packaged["severity"], "low", "{packaged:#}");
+    assert!(
+        packaged["title"].as_str().unwrap().contains("libc6"),
+        "{packaged:#}"
+    );
+    assert_eq!(f("/usr/local/lib/q/libdl-copy.so")["severity"], "high");
+}

@@ -25,6 +25,9 @@ pub struct Library {
     pub mapped_by: Vec<i32>,
     /// SHA-256 of the content judged (when it was read whole).
     pub sha256: Option<String>,
+    /// The installed package that owns it (dpkg), and whether its content
+    /// matches the package's MD5 checksum.
+    pub package: Option<(String, Option<bool>)>,
 }
 
 /// `LD_PRELOAD` or `LD_LIBRARY_PATH` in a process's environment.
@@ -95,8 +98,24 @@ pub fn collect(host: &Host, pids: &[i32]) -> Preload {
     for e in p.env.iter().filter(|e| e.var == "LD_PRELOAD") {
         paths.extend(split_preload(&e.value));
     }
+    let packages = (!paths.is_empty()).then(|| super::packages::Packages::load(host));
     for path in paths {
-        let lib = inspect_library(host, &path);
+        let mut lib = inspect_library(host, &path);
+        if let Some(pk) = &packages {
+            // The real path: a package lists /usr/lib/..., an entry may name a link.
+            let real = std::fs::canonicalize(host.path(bytes_to_path(&path)))
+                .ok()
+                .and_then(|r| {
+                    r.strip_prefix(host.root())
+                        .ok()
+                        .map(|x| [b"/".as_slice(), x.as_os_str().as_encoded_bytes()].concat())
+                })
+                .unwrap_or_else(|| path.clone());
+            if let Some(owner) = pk.owner(&real).or_else(|| pk.owner(&path)) {
+                let ok = pk.md5_matches(host, owner, &real);
+                lib.package = Some((owner.to_string(), ok));
+            }
+        }
         p.libs.insert(path, lib);
     }
     if !p.libs.is_empty() {

@@ -72,7 +72,31 @@ pub fn findings(pre: &Preload, snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
         if !lib.mapped_by.is_empty() {
             ev.push(Evidence::new("mapped by", pid_list(&lib.mapped_by)));
         }
-        let sev = if hooks.is_empty() {
+        if let Some((pkg, ok)) = &lib.package {
+            ev.push(Evidence::new(
+                "package",
+                format!(
+                    "{pkg} ({})",
+                    match ok {
+                        Some(true) => "content matches its MD5 checksum",
+                        Some(false) => "content does NOT match its MD5 checksum",
+                        None => "no checksum recorded",
+                    }
+                ),
+            ));
+        }
+        // A packaged preload tool (snoopy, libeatmydata), unchanged, that
+        // exports no hiding function and names no running process, is not a
+        // rootkit: reported low, with its package.
+        let packaged_benign = hooks.is_empty()
+            && targets.is_empty()
+            && lib
+                .package
+                .as_ref()
+                .is_some_and(|(_, ok)| *ok == Some(true));
+        let sev = if packaged_benign {
+            Severity::Low
+        } else if hooks.is_empty() {
             Severity::High
         } else {
             Severity::Critical
@@ -96,7 +120,13 @@ pub fn findings(pre: &Preload, snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
             rule: "rootkit.preload".into(),
             severity: sev,
             verdict: None,
-            title: if hooks.is_empty() {
+            title: if packaged_benign {
+                format!(
+                    "/etc/ld.so.preload loads {} from the package {} (unchanged; it overrides no hiding function): a packaged preload tool, not a rootkit",
+                    escape(entry),
+                    lib.package.as_ref().map_or(String::new(), |(p, _)| escape(p.as_bytes()))
+                )
+            } else if hooks.is_empty() {
                 format!(
                     "/etc/ld.so.preload loads {} into every dynamically linked program",
                     escape(entry)
