@@ -388,3 +388,32 @@ fn miner_in_another_network_namespace_is_tied_to_its_pool() {
         "{port:#}"
     );
 }
+
+/// Issue 9: kernel-thread masquerade is judged on argv[0] and the name against
+/// the kernel's own thread naming; `kdevtmpfsi` (a miner's name) is not the
+/// `kdevtmpfs` thread, and one name never fires two signals.
+#[test]
+fn kernel_thread_masquerade_is_judged_on_argv0() {
+    sandboxed!("kernel_thread_masquerade_is_judged_on_argv0");
+    let _f = install_burner("/tmp/q/kdevtmpfsi");
+    let masq = start({
+        let mut c = Command::new("/tmp/q/kdevtmpfsi");
+        c.arg0("[kworker/0:1]");
+        c
+    });
+    let plain = start(Command::new("/tmp/q/kdevtmpfsi"));
+    let s = scan(&["--interval", "0.3"]);
+    let ids = s.signal_ids(masq.pid);
+    assert!(ids.contains(&"miner-name".to_string()), "{ids:?}");
+    let k = s.signal(masq.pid, "kthread-masquerade");
+    assert!(
+        k["detail"]
+            .as_str()
+            .unwrap()
+            .contains("argv[0] \"[kworker/0:1]\""),
+        "{k:#}"
+    );
+    let ids = s.signal_ids(plain.pid);
+    assert!(ids.contains(&"miner-name".to_string()), "{ids:?}");
+    assert!(!ids.contains(&"kthread-masquerade".to_string()), "{ids:?}");
+}

@@ -116,11 +116,13 @@ pub fn signals(snap: &Snapshot, rules: &Rules, p: &Process, conns: &[&net::Socke
         names.push(("executable", e.file_name()));
     }
     let mut seen_name = false;
-    for (what, n) in &names {
+    // The name that fired `miner-name`: it must not fire a second signal.
+    let mut named_by: Option<Vec<u8>> = None;
+    for (what, n_raw) in &names {
         if seen_name {
             break;
         }
-        let n = String::from_utf8_lossy(n).to_ascii_lowercase();
+        let n = String::from_utf8_lossy(n_raw).to_ascii_lowercase();
         for ind in rules.of(Kind::ProcessName) {
             let hit = ind.values.iter().any(|v| {
                 *v == n || (*what == "process name" && n.len() == COMM_MAX && v.starts_with(&n))
@@ -131,6 +133,7 @@ pub fn signals(snap: &Snapshot, rules: &Rules, p: &Process, conns: &[&net::Socke
                     format!("{what} \"{}\": {}", crate::escape::escape_str(&n), ind.note),
                 ));
                 seen_name = true;
+                named_by = Some(n_raw.to_vec());
                 break;
             }
         }
@@ -240,7 +243,7 @@ pub fn signals(snap: &Snapshot, rules: &Rules, p: &Process, conns: &[&net::Socke
     }
 
     // 4. Kernel-thread masquerade: a user-space process named like a kernel thread.
-    if let Some((what, n)) = kthread_like(rules, p) {
+    if let Some((what, n)) = kthread_like(rules, p, named_by.as_deref()) {
         sig.push(signal(
             "kthread-masquerade",
             4,
@@ -444,8 +447,18 @@ fn hidden_dir(path: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Whether the process's name or argv[0] looks like a kernel thread.
-fn kthread_like<'a>(rules: &Rules, p: &'a Process) -> Option<(&'static str, &'a [u8])> {
+/// Whether the process's argv[0] or name looks like a kernel thread, judged
+/// against the kernel's own naming: a thread name from the rules exactly
+/// (`kthreadd`, `kdevtmpfs`), or followed by its instance (`kworker/0:1`,
+/// `ksoftirqd/3`, `kswapd0`), or a family prefix ending in `/`, `_` or `-`
+/// (`migration/`, `rcu_`, `ext4-`), or any name in brackets as `ps` shows
+/// kernel threads. `kdevtmpfsi` is not `kdevtmpfs`. A name that already fired
+/// `miner-name` (`skip`) is not counted again.
+fn kthread_like<'a>(
+    rules: &Rules,
+    p: &'a Process,
+    skip: Option<&[u8]>,
+) -> Option<(&'static str, &'a [u8])> {
     // A kernel thread has no executable; a zombie or an unreadable one says nothing.
     p.exe.as_ref().ok()?;
     let looks = |n: &[u8]| -> bool {
@@ -453,15 +466,24 @@ fn kthread_like<'a>(rules: &Rules, p: &'a Process) -> Option<(&'static str, &'a 
             return true; // ps shows kernel threads in brackets; the kernel never names one so
         }
         let s = String::from_utf8_lossy(n).to_ascii_lowercase();
-        rules
-            .values(Kind::KernelThreadName)
-            .any(|k| s.starts_with(k))
+        rules.values(Kind::KernelThreadName).any(|k| {
+            if k.ends_with(['/', '_', '-']) {
+                return s.starts_with(k);
+            }
+            match s.strip_prefix(k) {
+                Some("") => true,
+                Some(rest) => {
+                    rest.starts_with(['/', ':']) || rest.starts_with(|c: char| c.is_ascii_digit())
+                }
+                None => false,
+            }
+        })
     };
-    if looks(p.name()) {
-        return Some(("process name", p.name()));
-    }
-    let a = p.argv0()?;
-    looks(a).then_some(("argv[0]", a))
+    let candidates = [("argv[0]", p.argv0()), ("process name", Some(p.name()))];
+    candidates
+        .into_iter()
+        .filter_map(|(what, n)| Some((what, n?)))
+        .find(|(_, n)| Some(*n) != skip && looks(n))
 }
 
 /// Base58 alphabet (Bitcoin/Monero): no 0, O, I, l.
