@@ -349,8 +349,10 @@ pub fn read_regular(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
 /// reads (a kernel file may return less than asked before its end) until a
 /// read returns 0 or the limit is reached.
 pub fn read_fd(fd: impl rustix::fd::AsFd, limit: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(limit.min(64 * 1024));
-    let mut buf = vec![0u8; 64 * 1024];
+    // The result grows as needed and is trimmed: hundreds of small files
+    // (start-up files, unit files) must not each keep a 64 KiB allocation.
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; limit.clamp(1, 64 * 1024)];
     while out.len() < limit {
         let want = buf.len().min(limit - out.len());
         match rustix::io::read(&fd, &mut buf[..want]) {
@@ -361,6 +363,7 @@ pub fn read_fd(fd: impl rustix::fd::AsFd, limit: usize) -> io::Result<Vec<u8>> {
             Err(e) => return Err(e.into()),
         }
     }
+    out.shrink_to_fit();
     Ok(out)
 }
 
