@@ -365,6 +365,16 @@ fn protected_processes_survive_even_when_a_rule_flags_them() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.contains("refused: PID 1 "), "{out}");
+    // The executables of protected processes are not quarantined either: here
+    // PID 1 is this very test program, which must still exist.
+    assert!(
+        std::env::current_exe()
+            .unwrap()
+            .to_str()
+            .is_some_and(|p| !p.ends_with(" (deleted)") && Path::new(p).exists()),
+        "the test program was quarantined:\n{out}"
+    );
+    assert!(out.contains("which is never touched"), "{out}");
     assert!(out.contains("an ancestor of Quarry"), "{out}");
     assert!(out.contains("allowlisted"), "{out}");
     assert!(Path::new("/proc/1").exists());

@@ -211,6 +211,7 @@ pub fn in_scope(f: &Finding, opts: &FixOptions) -> bool {
 pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOptions) -> Plan {
     let mut plan = Plan::default();
     let mut seen_files = BTreeSet::new();
+    let protected_exes = protected_executables(host, findings, snap, opts);
     let mut packages: Option<Packages> = None;
     let mut edits: BTreeMap<BytePath, PlannedEdit> = BTreeMap::new();
     for f in findings {
@@ -261,7 +262,12 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
                         continue;
                     }
                     let pk = packages.get_or_insert_with(|| Packages::load(host));
-                    if let Some(why) = file_refusal(path, &id, opts, pk) {
+                    if let Some(who) = protected_exes.get(&(id.dev, id.ino)) {
+                        plan.refused.push(format!(
+                            "{} — the executable of {who}, which is never touched: not quarantined",
+                            id.path.display()
+                        ));
+                    } else if let Some(why) = file_refusal(path, &id, opts, pk) {
                         plan.refused.push(why);
                     } else if in_system_dir(&id.path) && !direct && !opts.force {
                         plan.refused.push(format!(
@@ -350,6 +356,51 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
     plan.processes
         .sort_by_key(|p| (p.role != "restarter", p.pid));
     plan
+}
+
+/// Executables (device, inode) that are never quarantined, with whose they
+/// are: Quarry's own, its ancestors', PID 1's, and those of every process a
+/// finding names but that is protected (allowlisted, a kernel thread, …).
+/// Moving the file of a running protected process would break it as surely
+/// as killing it.
+fn protected_executables(
+    host: &Host,
+    findings: &[Finding],
+    snap: &Snapshot,
+    opts: &FixOptions,
+) -> BTreeMap<(u64, u64), String> {
+    let mut out = BTreeMap::new();
+    let mut add = |pid: i32, who: String| {
+        if let Some((d, i, _)) = host.ident(format!("/proc/{pid}/exe").as_bytes()) {
+            out.entry((d, i)).or_insert(who);
+        }
+    };
+    add(1, "PID 1".into());
+    let me = std::process::id() as i32;
+    add(me, "Quarry itself".into());
+    let mut cur = me;
+    for _ in 0..64 {
+        let Ok(st) = crate::collect::process::read_stat(host, &format!("/proc/{cur}/stat")) else {
+            break;
+        };
+        if st.ppid <= 0 {
+            break;
+        }
+        add(st.ppid, format!("PID {}, an ancestor of Quarry", st.ppid));
+        cur = st.ppid;
+    }
+    for f in findings {
+        for r in &f.remedies {
+            if let Remedy::StopProcess { pid, .. } = r {
+                if let Some(p) = snap.processes.get(pid) {
+                    if let Some(why) = protected(host, p, &opts.allowlist) {
+                        add(*pid, format!("PID {pid} ({why})"));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The identity the scan pinned, or a note that the file is not touched.
