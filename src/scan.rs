@@ -225,206 +225,204 @@ pub fn run_full(
     let me = host.is_live().then(|| std::process::id() as i32);
     let (cpu, cpu_finding) = detect::cpu::assess(&snap, opts.cpu_threshold, me);
     let mut findings = Vec::new();
-    std::thread::scope(|_scope| -> std::io::Result<(Report, Snapshot)> {
-        let mut census_summary = None;
-        let mut census_us = 0;
-        let mut confirm_sleep_us = 0;
-        let mut cpu_accounting = None;
-        let mut hidden_pids = Vec::new();
-        if on(Check::Hidden) {
-            let fresh_host = fresh.as_ref().map(|f| f.host());
-            let tc = Instant::now();
-            let census = collect::census::take(host, fresh_host);
-            let hidden = detect::hidden::find(host, fresh_host, &census, &snap);
-            hidden_pids = hidden.iter().map(|h| h.pid).collect();
-            findings.extend(detect::hidden::findings(&hidden, &snap, rules));
-            findings.extend(detect::hidden::socket_findings(
-                &census, rules, &hidden, host, fresh_host,
-            ));
-            let acc = detect::hidden::account(&snap);
-            // Inside a child PID namespace (a container), /proc/stat counts the
-            // whole machine but only the namespace's processes are visible:
-            // the comparison cannot tell hidden CPU from other containers'.
-            let nested = host.is_live() && host.in_child_pid_namespace();
-            if nested {
-                limitations.push(
-                    "running inside a child PID namespace (a container): CPU used outside it cannot be told from hidden CPU, so the hidden-CPU check is not applicable; run Quarry in the host's PID namespace (hostPID) for it".into(),
-                );
-            }
-            // Below 0.2 s, tick granularity (10 ms) makes the comparison noise.
-            if !nested && acc.is_large() && snap.elapsed >= Duration::from_millis(200) {
-                // Confirm on a second, shorter sample before raising anything.
-                let mut o = collect_opts.clone();
-                o.interval = opts
-                    .interval
-                    .clamp(Duration::from_millis(500), Duration::from_secs(1));
-                confirm_sleep_us = o.interval.as_micros() as u64;
-                if let Ok(snap2) = collect::sample(host, &o) {
-                    let acc2 = detect::hidden::account(&snap2);
-                    findings.extend(detect::hidden::cpu_finding(&acc, &acc2));
-                }
-            }
-            if !census.probed {
-                limitations.push(
-                "system-call probes of the PID space were skipped (offline root): hidden processes are found only from cgroup and children lists".into(),
-            );
-            }
-            census_summary = Some(CensusSummary {
-                pid_max: census.pid_max,
-                listed_processes: census.listed.len(),
-                threads: census.tasks.len(),
-                cgroup_hierarchies: census.cgroup_roots.clone(),
-                probed: census.probed,
-                probe_answers: census.probe_kill.len(),
-                private_procfs: fresh.is_some(),
-                hidden: hidden.len(),
-                orphan_sockets: census.orphan_inet.len(),
-                orphan_unix_sockets: census.orphan_unix,
-                probe_ms: census.probe_time.as_secs_f64() * 1e3,
-                census_ms: census.total_time.as_secs_f64() * 1e3,
-            });
-            cpu_accounting = Some(acc);
-            census_us = tc.elapsed().as_micros() as u64;
-        }
-        if on(Check::Preload) {
-            let pids: Vec<i32> = snap.processes.keys().copied().collect();
-            let pre = collect::preload::collect(host, &pids);
-            if pre.env_unreadable > 0 && host.is_live() && snap.host.euid != 0 {
-                limitations.push(format!(
-                "the environments of {} processes could not be read (LD_PRELOAD checks are partial)",
-                pre.env_unreadable
-            ));
-            }
-            findings.extend(detect::preload::findings(&pre, &snap, rules));
-        }
-        let mut modules_summary = None;
-        let mut walk_us = 0;
-        if let Some(handle) = walk {
-            let ((files, walk), took) = handle.join().expect("module walk thread");
-            walk_us = took.as_micros() as u64;
-            if let Some(t) = &walk.truncated {
-                limitations.push(format!(
-                    "the module-file walk was cut short ({t}); narrow it with --module-path"
-                ));
-            }
-            let loaded = collect::modules::read_loaded(host);
-            if let Some(r) = &loaded.reason {
-                limitations.push(r.clone());
-            }
-            let mut files = files;
-            let release = if files.is_empty() {
-                String::new()
-            } else {
-                let ctx = collect::modules::place::Context::load(host);
-                collect::modules::place::classify(host, &mut files, &ctx);
-                ctx.release
-            };
-            findings.extend(detect::modules::file_findings(&files, rules, &release));
-            findings.extend(detect::modules::loaded_findings(host, &loaded));
-            modules_summary = Some(ModulesSummary {
-                loaded_checks_applicable: loaded.applicable,
-                not_applicable_reason: loaded.reason.clone(),
-                listed: loaded.proc_modules.len(),
-                sys_module_loadable: loaded.sys_module.len(),
-                kallsyms_tagged: loaded.kallsyms.len(),
-                tracefs_tagged: loaded.tracefs.as_ref().map(|t| t.len()),
-                vmalloc_load_module: loaded.vmalloc_load_module,
-                tainted: loaded.tainted,
-                taint_flags: loaded
-                    .tainted
-                    .map(collect::modules::taint_letters)
-                    .unwrap_or_default(),
-                module_files: files.len(),
-                walk,
-            });
-        }
-        if on(Check::Miner) {
-            findings.extend(
-                detect::miner::detect(&snap, rules)
-                    .into_iter()
-                    .filter(|f| !f.subject.pid.is_some_and(|p| hidden_pids.contains(&p))),
+    let mut census_summary = None;
+    let mut census_us = 0;
+    let mut confirm_sleep_us = 0;
+    let mut cpu_accounting = None;
+    let mut hidden_pids = Vec::new();
+    if on(Check::Hidden) {
+        let fresh_host = fresh.as_ref().map(|f| f.host());
+        let tc = Instant::now();
+        let census = collect::census::take(host, fresh_host);
+        let hidden = detect::hidden::find(host, fresh_host, &census, &snap);
+        hidden_pids = hidden.iter().map(|h| h.pid).collect();
+        findings.extend(detect::hidden::findings(&hidden, &snap, rules));
+        findings.extend(detect::hidden::socket_findings(
+            &census, rules, &hidden, host, fresh_host,
+        ));
+        let acc = detect::hidden::account(&snap);
+        // Inside a child PID namespace (a container), /proc/stat counts the
+        // whole machine but only the namespace's processes are visible:
+        // the comparison cannot tell hidden CPU from other containers'.
+        let nested = host.is_live() && host.in_child_pid_namespace();
+        if nested {
+            limitations.push(
+                "running inside a child PID namespace (a container): CPU used outside it cannot be told from hidden CPU, so the hidden-CPU check is not applicable; run Quarry in the host's PID namespace (hostPID) for it".into(),
             );
         }
-        if on(Check::Persistence) {
-            let flagged: Vec<detect::persistence::Flagged> = findings
-                .iter()
-                .filter(|f| f.verdict.is_some())
-                .filter_map(|f| {
-                    let pid = f.subject.pid?;
-                    let p = snap.processes.get(&pid);
-                    let exe = p
-                        .and_then(|p| p.exe.as_ref().ok())
-                        .filter(|e| !e.memfd)
-                        .map(|e| e.path.clone());
-                    let name = p
-                        .map(|p| String::from_utf8_lossy(p.name()).into_owned())
-                        .or_else(|| f.subject.name.clone())
-                        .unwrap_or_default();
-                    // Identity through /proc/PID/exe: a deleted file has one too.
-                    let exe_link = format!("/proc/{pid}/exe");
-                    Some(detect::persistence::Flagged {
-                        pid,
-                        name,
-                        exe,
-                        exe_id: host.ident(exe_link.as_bytes()),
-                        sha256: host.sha256_of(exe_link.as_bytes()),
-                        malicious: f.verdict.as_deref() == Some("malicious"),
-                    })
+        // Below 0.2 s, tick granularity (10 ms) makes the comparison noise.
+        if !nested && acc.is_large() && snap.elapsed >= Duration::from_millis(200) {
+            // Confirm on a second, shorter sample before raising anything.
+            let mut o = collect_opts.clone();
+            o.interval = opts
+                .interval
+                .clamp(Duration::from_millis(500), Duration::from_secs(1));
+            confirm_sleep_us = o.interval.as_micros() as u64;
+            if let Ok(snap2) = collect::sample(host, &o) {
+                let acc2 = detect::hidden::account(&snap2);
+                findings.extend(detect::hidden::cpu_finding(&acc, &acc2));
+            }
+        }
+        if !census.probed {
+            limitations.push(
+            "system-call probes of the PID space were skipped (offline root): hidden processes are found only from cgroup and children lists".into(),
+        );
+        }
+        census_summary = Some(CensusSummary {
+            pid_max: census.pid_max,
+            listed_processes: census.listed.len(),
+            threads: census.tasks.len(),
+            cgroup_hierarchies: census.cgroup_roots.clone(),
+            probed: census.probed,
+            probe_answers: census.probe_kill.len(),
+            private_procfs: fresh.is_some(),
+            hidden: hidden.len(),
+            orphan_sockets: census.orphan_inet.len(),
+            orphan_unix_sockets: census.orphan_unix,
+            probe_ms: census.probe_time.as_secs_f64() * 1e3,
+            census_ms: census.total_time.as_secs_f64() * 1e3,
+        });
+        cpu_accounting = Some(acc);
+        census_us = tc.elapsed().as_micros() as u64;
+    }
+    if on(Check::Preload) {
+        let pids: Vec<i32> = snap.processes.keys().copied().collect();
+        let pre = collect::preload::collect(host, &pids);
+        if pre.env_unreadable > 0 && host.is_live() && snap.host.euid != 0 {
+            limitations.push(format!(
+            "the environments of {} processes could not be read (LD_PRELOAD checks are partial)",
+            pre.env_unreadable
+        ));
+        }
+        findings.extend(detect::preload::findings(&pre, &snap, rules));
+    }
+    let mut modules_summary = None;
+    let mut walk_us = 0;
+    if let Some(handle) = walk {
+        let ((files, walk), took) = handle.join().expect("module walk thread");
+        walk_us = took.as_micros() as u64;
+        if let Some(t) = &walk.truncated {
+            limitations.push(format!(
+                "the module-file walk was cut short ({t}); narrow it with --module-path"
+            ));
+        }
+        let loaded = collect::modules::read_loaded(host);
+        if let Some(r) = &loaded.reason {
+            limitations.push(r.clone());
+        }
+        let mut files = files;
+        let release = if files.is_empty() {
+            String::new()
+        } else {
+            let ctx = collect::modules::place::Context::load(host);
+            collect::modules::place::classify(host, &mut files, &ctx);
+            ctx.release
+        };
+        findings.extend(detect::modules::file_findings(&files, rules, &release));
+        findings.extend(detect::modules::loaded_findings(host, &loaded));
+        modules_summary = Some(ModulesSummary {
+            loaded_checks_applicable: loaded.applicable,
+            not_applicable_reason: loaded.reason.clone(),
+            listed: loaded.proc_modules.len(),
+            sys_module_loadable: loaded.sys_module.len(),
+            kallsyms_tagged: loaded.kallsyms.len(),
+            tracefs_tagged: loaded.tracefs.as_ref().map(|t| t.len()),
+            vmalloc_load_module: loaded.vmalloc_load_module,
+            tainted: loaded.tainted,
+            taint_flags: loaded
+                .tainted
+                .map(collect::modules::taint_letters)
+                .unwrap_or_default(),
+            module_files: files.len(),
+            walk,
+        });
+    }
+    if on(Check::Miner) {
+        findings.extend(
+            detect::miner::detect(&snap, rules)
+                .into_iter()
+                .filter(|f| !f.subject.pid.is_some_and(|p| hidden_pids.contains(&p))),
+        );
+    }
+    if on(Check::Persistence) {
+        let flagged: Vec<detect::persistence::Flagged> = findings
+            .iter()
+            .filter(|f| f.verdict.is_some())
+            .filter_map(|f| {
+                let pid = f.subject.pid?;
+                let p = snap.processes.get(&pid);
+                let exe = p
+                    .and_then(|p| p.exe.as_ref().ok())
+                    .filter(|e| !e.memfd)
+                    .map(|e| e.path.clone());
+                let name = p
+                    .map(|p| String::from_utf8_lossy(p.name()).into_owned())
+                    .or_else(|| f.subject.name.clone())
+                    .unwrap_or_default();
+                // Identity through /proc/PID/exe: a deleted file has one too.
+                let exe_link = format!("/proc/{pid}/exe");
+                Some(detect::persistence::Flagged {
+                    pid,
+                    name,
+                    exe,
+                    exe_id: host.ident(exe_link.as_bytes()),
+                    sha256: host.sha256_of(exe_link.as_bytes()),
+                    malicious: f.verdict.as_deref() == Some("malicious"),
                 })
-                .collect();
-            let files = collect::persistence::collect(host, &snap.users);
-            let lookup = detect::persistence::Lookup {
-                stat: &|p| host.ident(p),
-                sha256: &|p| host.sha256_of(p),
-            };
-            findings.extend(detect::persistence::findings(
-                &files, &flagged, rules, &lookup,
-            ));
-        }
-        if on(Check::Cpu) {
-            findings.extend(cpu_finding);
-        }
-        findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
-        if opts.pin_files {
-            pin_files(host, &mut findings);
-        }
-        let top = top_processes(host, &snap, &findings, opts.top);
-        let summary = Summary {
-            malicious: count_verdict(&findings, "malicious"),
-            suspicious: count_verdict(&findings, "suspicious"),
-            findings: findings.len(),
-            highest: findings.iter().map(|f| f.severity).max(),
+            })
+            .collect();
+        let files = collect::persistence::collect(host, &snap.users);
+        let lookup = detect::persistence::Lookup {
+            stat: &|p| host.ident(p),
+            sha256: &|p| host.sha256_of(p),
         };
-        let mut timing = snap.timing.clone();
-        timing.detect_us = t.elapsed().as_micros() as u64;
-        timing.census_us = census_us;
-        timing.module_walk_us = walk_us;
-        timing.confirm_interval_us = confirm_sleep_us;
-        timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us
-            - confirm_sleep_us.min(timing.detect_us);
-        let report = Report {
-            schema: SCHEMA,
-            schema_version: SCHEMA_VERSION,
-            quarry_version: env!("CARGO_PKG_VERSION"),
-            started,
-            host: snap.host.clone(),
-            cpu,
-            top,
-            findings,
-            summary,
-            census: census_summary,
-            cpu_accounting,
-            modules: modules_summary,
-            limitations: snap
-                .limitations
-                .iter()
-                .cloned()
-                .chain(limitations)
-                .collect(),
-            timing,
-        };
-        Ok((report, snap))
-    })
+        findings.extend(detect::persistence::findings(
+            &files, &flagged, rules, &lookup,
+        ));
+    }
+    if on(Check::Cpu) {
+        findings.extend(cpu_finding);
+    }
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    if opts.pin_files {
+        pin_files(host, &mut findings);
+    }
+    let top = top_processes(host, &snap, &findings, opts.top);
+    let summary = Summary {
+        malicious: count_verdict(&findings, "malicious"),
+        suspicious: count_verdict(&findings, "suspicious"),
+        findings: findings.len(),
+        highest: findings.iter().map(|f| f.severity).max(),
+    };
+    let mut timing = snap.timing.clone();
+    timing.detect_us = t.elapsed().as_micros() as u64;
+    timing.census_us = census_us;
+    timing.module_walk_us = walk_us;
+    timing.confirm_interval_us = confirm_sleep_us;
+    timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us
+        - confirm_sleep_us.min(timing.detect_us);
+    let report = Report {
+        schema: SCHEMA,
+        schema_version: SCHEMA_VERSION,
+        quarry_version: env!("CARGO_PKG_VERSION"),
+        started,
+        host: snap.host.clone(),
+        cpu,
+        top,
+        findings,
+        summary,
+        census: census_summary,
+        cpu_accounting,
+        modules: modules_summary,
+        limitations: snap
+            .limitations
+            .iter()
+            .cloned()
+            .chain(limitations)
+            .collect(),
+        timing,
+    };
+    Ok((report, snap))
 }
 
 fn count_verdict(f: &[Finding], v: &str) -> usize {

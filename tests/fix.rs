@@ -2,6 +2,13 @@
 //! loses nothing (`quarry restore` puts everything back byte-identical), a dry
 //! run changes nothing, an interrupted fix can be undone, and protected
 //! processes survive.
+//!
+//! Every test here runs `fix` or `restore` as root, so each one re-runs
+//! itself in its own mount and PID namespace (`sandboxed!`, see
+//! tests/common `sandbox`): overlays on tmpfs over /etc, /usr/local, /var/lib,
+//! /var/spool, …, fresh tmpfs over /tmp, and a PID namespace where only the
+//! test's own processes exist. Every `fix --yes` is scoped with `--only` to
+//! the test's own PIDs and files.
 
 mod common;
 

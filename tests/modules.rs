@@ -324,21 +324,6 @@ fn compressed_module_files_are_decoded() {
     }
 }
 
-/// Builds tests/c/fakemod.c as a module named `name` for kernel `release`.
-fn build_module(name: &str, release: &str, out: &Path) {
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let st = Command::new("cc")
-        .arg("-c")
-        .arg(format!("-DMODNAME=\"{name}\""))
-        .arg(format!("-DVERMAGIC=\"{release}\""))
-        .arg("-o")
-        .arg(out)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 fn running_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap()

@@ -510,15 +510,11 @@ fn row10_paths_that_are_not_utf8() {
     use std::os::unix::ffi::OsStrExt;
     let dir = std::ffi::OsStr::from_bytes(b"/tmp/\xff\xfe");
     std::fs::create_dir_all(dir).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c");
-    let ko = Path::new(dir).join("snd_pcs.ko");
-    assert!(Command::new("cc")
-        .args(["-c", "-DMODNAME=\"snd_pcs\"", "-o"])
-        .arg(&ko)
-        .arg(&src)
-        .status()
-        .unwrap()
-        .success());
+    build_module(
+        "snd_pcs",
+        FAKEMOD_RELEASE,
+        &Path::new(dir).join("snd_pcs.ko"),
+    );
     let miner = Path::new(dir).join("minerd");
     std::fs::copy(burner(), &miner).unwrap();
     std::fs::set_permissions(&miner, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -555,19 +551,7 @@ fn row10_paths_that_are_not_utf8() {
 #[test]
 fn a_kernel_tree_under_tmp_is_not_quarantined() {
     sandboxed_clean!("a_kernel_tree_under_tmp_is_not_quarantined");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c");
-    let cc = |name: &str, out: &Path| {
-        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        assert!(Command::new("cc")
-            .arg("-c")
-            .arg(format!("-DMODNAME=\"{name}\""))
-            .arg("-o")
-            .arg(out)
-            .arg(&src)
-            .status()
-            .unwrap()
-            .success());
-    };
+    let cc = |name: &str, out: &Path| build_module(name, FAKEMOD_RELEASE, out);
     let tree = Path::new("/tmp/linux/lib/modules/6.1.0-test");
     for i in 0..40 {
         cc(

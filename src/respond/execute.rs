@@ -147,18 +147,31 @@ fn action_label(a: &Action) -> String {
     }
 }
 
-const GONE: &str = "gone";
-
-/// Opens the file a plan names and checks it is still what the scan judged.
-/// Returns the directory, the file, its content and metadata.
 /// A pinned file, open: its directory, name, descriptor, content, metadata.
 type Pinned = (Dir, Vec<u8>, File, Vec<u8>, SavedMeta);
 
-fn open_pinned(id: &FileId) -> Result<Pinned, String> {
+/// Opens the file a plan names and checks it is still what the scan judged.
+/// When it is not (or is gone), says so in the outcome and returns `None`.
+fn open_pinned(out: &mut Outcome, id: &FileId) -> Option<Pinned> {
+    match try_open_pinned(id) {
+        Ok(Some(p)) => Some(p),
+        Ok(None) => {
+            out.done
+                .push(format!("{} is already gone", id.path.display()));
+            None
+        }
+        Err(why) => {
+            out.skipped.push(why);
+            None
+        }
+    }
+}
+
+fn try_open_pinned(id: &FileId) -> Result<Option<Pinned>, String> {
     let (parent, name) = safe_fs::split(id.path.as_bytes()).map_err(|e| e.to_string())?;
     let dir = Dir::open(parent).map_err(|e| e.to_string())?;
     if dir.stat_entry(name).map_err(|e| e.to_string())?.is_none() {
-        return Err(GONE.into());
+        return Ok(None);
     }
     let f = dir.open_file(name).map_err(|e| e.to_string())?;
     let meta = SavedMeta::of(&f).map_err(|e| e.to_string())?;
@@ -178,7 +191,7 @@ fn open_pinned(id: &FileId) -> Result<Pinned, String> {
     if crate::collect::modules::sha256_hex(&data) != id.sha256 {
         return Err(changed("content differs"));
     }
-    Ok((dir, name.to_vec(), f, data, meta))
+    Ok(Some((dir, name.to_vec(), f, data, meta)))
 }
 
 /// Carries out a plan, journaling every step into a new case under `case_root`.
@@ -403,18 +416,8 @@ fn clear_attrs(r: &mut Runner, path: &BytePath, f: &File, meta: &SavedMeta, sha2
 /// Moves a pinned file into the case.
 fn quarantine(r: &mut Runner, q: &PlannedFile) {
     let path = &q.id.path;
-    let (dir, name, f, data, meta) = match open_pinned(&q.id) {
-        Ok(x) => x,
-        Err(e) if e == GONE => {
-            r.out
-                .done
-                .push(format!("{} is already gone", path.display()));
-            return;
-        }
-        Err(e) => {
-            r.out.skipped.push(e);
-            return;
-        }
+    let Some((dir, name, f, data, meta)) = open_pinned(&mut r.out, &q.id) else {
+        return;
     };
     // A file with other hard links is someone else's file too (moving this
     // name and making the inode 0400 would change it under its other names).
@@ -486,18 +489,8 @@ fn quarantine(r: &mut Runner, q: &PlannedFile) {
 /// the name; owner and mode are those of the file itself (never of a link).
 fn edit_file(r: &mut Runner, e: &PlannedEdit) {
     let path = &e.id.path;
-    let (dir, name, f, original, meta) = match open_pinned(&e.id) {
-        Ok(x) => x,
-        Err(msg) if msg == GONE => {
-            r.out
-                .done
-                .push(format!("{} is already gone", path.display()));
-            return;
-        }
-        Err(msg) => {
-            r.out.skipped.push(msg);
-            return;
-        }
+    let Some((dir, name, f, original, meta)) = open_pinned(&mut r.out, &e.id) else {
+        return;
     };
     let mut all: Vec<&[u8]> = original.split_inclusive(|b| *b == b'\n').collect();
     let mut removed = Vec::new();

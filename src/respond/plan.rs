@@ -124,33 +124,54 @@ const SYSTEM_DIRS: &[&str] = &[
     "/boot/",
 ];
 
-/// Why a process must not be touched, if it must not.
-pub fn protected(host: &Host, p: &Process, allow: &Allowlist) -> Option<String> {
-    let me = std::process::id() as i32;
-    if p.pid == 1 {
-        return Some("PID 1 (init) is never touched".into());
-    }
-    if p.is_kernel_thread() {
-        return Some("kernel threads are never touched".into());
-    }
-    if p.pid == me {
-        return Some("Quarry itself".into());
-    }
-    // Quarry's ancestors, from the live /proc (the snapshot may predate us).
-    let mut cur = me;
-    for _ in 0..64 {
-        let Ok(s) = crate::collect::process::read_stat(host, &format!("/proc/{cur}/stat")) else {
-            break;
-        };
-        if s.ppid <= 0 {
-            break;
+/// What a fix never touches, read once per plan: Quarry's PID and its
+/// ancestors (from the live /proc: the snapshot may predate Quarry), and the
+/// allowlist.
+pub struct Guard<'a> {
+    me: i32,
+    ancestors: Vec<i32>,
+    allow: &'a Allowlist,
+}
+
+impl<'a> Guard<'a> {
+    pub fn new(host: &Host, allow: &'a Allowlist) -> Guard<'a> {
+        let me = std::process::id() as i32;
+        let mut ancestors = Vec::new();
+        let mut cur = me;
+        for _ in 0..64 {
+            let Ok(s) = crate::collect::process::read_stat(host, &format!("/proc/{cur}/stat"))
+            else {
+                break;
+            };
+            if s.ppid <= 0 {
+                break;
+            }
+            ancestors.push(s.ppid);
+            cur = s.ppid;
         }
-        if s.ppid == p.pid {
+        Guard {
+            me,
+            ancestors,
+            allow,
+        }
+    }
+
+    /// Why a process must not be touched, if it must not.
+    pub fn protected(&self, host: &Host, p: &Process) -> Option<String> {
+        if p.pid == 1 {
+            return Some("PID 1 (init) is never touched".into());
+        }
+        if p.is_kernel_thread() {
+            return Some("kernel threads are never touched".into());
+        }
+        if p.pid == self.me {
+            return Some("Quarry itself".into());
+        }
+        if self.ancestors.contains(&p.pid) {
             return Some("an ancestor of Quarry (the shell or tool that started it)".into());
         }
-        cur = s.ppid;
+        self.allow.allows_process(host, p).map(str::to_string)
     }
-    allow.allows_process(host, p).map(str::to_string)
 }
 
 /// How a finding is treated.
@@ -211,7 +232,8 @@ pub fn in_scope(f: &Finding, opts: &FixOptions) -> bool {
 pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOptions) -> Plan {
     let mut plan = Plan::default();
     let mut seen_files = BTreeSet::new();
-    let protected_exes = protected_executables(host, findings, snap, opts);
+    let guard = Guard::new(host, &opts.allowlist);
+    let protected_exes = protected_executables(host, findings, snap, &guard);
     let mut packages: Option<Packages> = None;
     let mut edits: BTreeMap<BytePath, PlannedEdit> = BTreeMap::new();
     for f in findings {
@@ -240,7 +262,7 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
                     let Some(p) = snap.processes.get(pid) else {
                         // A hidden process read through the private procfs.
                         if let Some(p) = hidden_process(host, *pid, *starttime) {
-                            add_process(host, &mut plan, &p, opts, "miner", &f.title);
+                            add_process(host, &guard, &mut plan, &p, "miner", &f.title);
                         }
                         continue;
                     };
@@ -250,7 +272,7 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
                         ));
                         continue;
                     }
-                    add_process(host, &mut plan, p, opts, "miner", &f.title);
+                    add_process(host, &guard, &mut plan, p, "miner", &f.title);
                 }
                 Remedy::QuarantineFile {
                     path, id, direct, ..
@@ -351,7 +373,7 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
             "package ownership not checked (no dpkg database)".into()
         });
     }
-    add_restarters(host, &mut plan, snap, opts);
+    add_restarters(host, &guard, &mut plan, snap);
     // Restarters stop first.
     plan.processes
         .sort_by_key(|p| (p.role != "restarter", p.pid));
@@ -367,7 +389,7 @@ fn protected_executables(
     host: &Host,
     findings: &[Finding],
     snap: &Snapshot,
-    opts: &FixOptions,
+    guard: &Guard,
 ) -> BTreeMap<(u64, u64), String> {
     let mut out = BTreeMap::new();
     let mut add = |pid: i32, who: String| {
@@ -376,24 +398,15 @@ fn protected_executables(
         }
     };
     add(1, "PID 1".into());
-    let me = std::process::id() as i32;
-    add(me, "Quarry itself".into());
-    let mut cur = me;
-    for _ in 0..64 {
-        let Ok(st) = crate::collect::process::read_stat(host, &format!("/proc/{cur}/stat")) else {
-            break;
-        };
-        if st.ppid <= 0 {
-            break;
-        }
-        add(st.ppid, format!("PID {}, an ancestor of Quarry", st.ppid));
-        cur = st.ppid;
+    add(guard.me, "Quarry itself".into());
+    for &pid in &guard.ancestors {
+        add(pid, format!("PID {pid}, an ancestor of Quarry"));
     }
     for f in findings {
         for r in &f.remedies {
             if let Remedy::StopProcess { pid, .. } = r {
                 if let Some(p) = snap.processes.get(pid) {
-                    if let Some(why) = protected(host, p, &opts.allowlist) {
+                    if let Some(why) = guard.protected(host, p) {
                         add(*pid, format!("PID {pid} ({why})"));
                     }
                 }
@@ -452,7 +465,7 @@ fn file_refusal(named: &BytePath, id: &FileId, opts: &FixOptions, pk: &Packages)
 /// Restarters: ancestors of a planned miner whose command line runs the
 /// miner's exact executable (the same path, or a path to the same inode),
 /// e.g. `sh -c 'while :; do /tmp/minerd; sleep 1; done'`.
-fn add_restarters(host: &Host, plan: &mut Plan, snap: &Snapshot, opts: &FixOptions) {
+fn add_restarters(host: &Host, guard: &Guard, plan: &mut Plan, snap: &Snapshot) {
     let miners: Vec<PlannedProcess> = plan.processes.clone();
     for m in &miners {
         if m.exe.as_bytes().is_empty() {
@@ -484,7 +497,7 @@ fn add_restarters(host: &Host, plan: &mut Plan, snap: &Snapshot, opts: &FixOptio
                     m.pid,
                     m.exe.display()
                 );
-                add_process(host, plan, q, opts, "restarter", &why);
+                add_process(host, guard, plan, q, "restarter", &why);
             }
         }
     }
@@ -498,16 +511,16 @@ fn hidden_process(host: &Host, pid: i32, starttime: u64) -> Option<Process> {
 
 fn add_process(
     host: &Host,
+    guard: &Guard,
     plan: &mut Plan,
     p: &Process,
-    opts: &FixOptions,
     role: &'static str,
     why: &str,
 ) {
     if plan.processes.iter().any(|x| x.pid == p.pid) {
         return;
     }
-    if let Some(reason) = protected(host, p, &opts.allowlist) {
+    if let Some(reason) = guard.protected(host, p) {
         plan.refused
             .push(format!("PID {} {} — {reason}", p.pid, escape(p.name())));
         return;

@@ -228,24 +228,14 @@ fn enter_sandbox(clean: bool) {
     // The scratch tmpfs leaves the tree (the overlays keep it alive), so no
     // scan walks the upper directories.
     unmount(&scratch, UnmountFlags::DETACH).unwrap();
-    for d in PRIVATE {
-        if Path::new(d).is_dir() {
-            mount(
-                "tmpfs",
-                *d,
-                "tmpfs",
-                MountFlags::empty(),
-                Some(c"mode=1777"),
-            )
-            .unwrap();
+    let fresh_tmpfs = |dirs: &[&str], mode: &std::ffi::CStr| {
+        for d in dirs.iter().filter(|d| Path::new(d).is_dir()) {
+            mount("tmpfs", *d, "tmpfs", MountFlags::empty(), Some(mode)).unwrap();
         }
-    }
+    };
+    fresh_tmpfs(PRIVATE, c"mode=1777");
     if clean {
-        for d in EMPTIED {
-            if Path::new(d).is_dir() {
-                mount("tmpfs", *d, "tmpfs", MountFlags::empty(), Some(c"mode=755")).unwrap();
-            }
-        }
+        fresh_tmpfs(EMPTIED, c"mode=755");
     }
     if !project.join("Cargo.toml").exists() {
         std::fs::create_dir_all(project).unwrap();
@@ -281,6 +271,25 @@ pub fn compile(name: &str, extra: &[&str]) -> PathBuf {
         built.push(name.to_string());
     }
     out
+}
+
+/// The kernel release tests/c/fakemod.c names in its vermagic by default.
+pub const FAKEMOD_RELEASE: &str = "6.1.0-quarry-test";
+
+/// Builds tests/c/fakemod.c as a module named `name` for kernel `release`
+/// (creating the parent folders).
+pub fn build_module(name: &str, release: &str, out: &Path) {
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let st = Command::new("cc")
+        .arg("-c")
+        .arg(format!("-DMODNAME=\"{name}\""))
+        .arg(format!("-DVERMAGIC=\"{release}\""))
+        .arg("-o")
+        .arg(out)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fakemod.c"))
+        .status()
+        .expect("cc must be installed to build test programs");
+    assert!(st.success(), "building {}", out.display());
 }
 
 /// The CPU burner (tests/c/burner.c).
