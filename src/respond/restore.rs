@@ -156,14 +156,17 @@ fn append_record(dir: &Dir, records: &[Record], action: Action) -> anyhow::Resul
 }
 
 /// Reads a file of the case, checked against its recorded SHA-256.
-fn case_bytes(case_dir: &Dir, rel: &str, sha256: &str) -> Result<(Vec<u8>, bool), String> {
+/// `Ok(None)` when the file is not in the case (the fix stopped before it).
+fn case_bytes(case_dir: &Dir, rel: &str, sha256: &str) -> Result<Option<(Vec<u8>, bool)>, String> {
     let rel = case_rel(rel)?;
-    let f = case_dir
-        .open_file_beneath(rel)
-        .map_err(|e| format!("refused: {e}"))?;
+    let f = match case_dir.open_file_beneath(rel) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("refused: {e}")),
+    };
     let data = safe_fs::read_all(&f, MAX_HASHED).map_err(|e| e.to_string())?;
     let trusted = crate::collect::modules::sha256_hex(&data) == sha256;
-    Ok((data, trusted))
+    Ok(Some((data, trusted)))
 }
 
 fn restore_file(
@@ -176,8 +179,8 @@ fn restore_file(
 ) -> Result<String, String> {
     let shown = original.display();
     let (data, trusted) = match case_bytes(case_dir, stored, sha256) {
-        Ok(x) => x,
-        Err(e) if e.contains("No such file") => {
+        Ok(Some(x)) => x,
+        Ok(None) => {
             return Ok(format!(
                 "{shown}: still in place (the fix stopped before moving it)"
             ))
@@ -251,7 +254,8 @@ fn restore_edit(
 ) -> Result<String, String> {
     let shown = path.display();
     let (original, trusted) = case_bytes(case_dir, original_copy, original_sha256)
-        .map_err(|e| format!("{shown}: {e}"))?;
+        .map_err(|e| format!("{shown}: {e}"))?
+        .ok_or_else(|| format!("{shown}: refused: the kept original is missing from the case"))?;
     if !trusted {
         return Err(format!(
             "{shown}: refused: the kept original does not match its recorded SHA-256"
