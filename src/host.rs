@@ -209,6 +209,42 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Opens `/proc/PID/mem` for reading another process's memory (live host
+    /// only: needs ptrace access, PTRACE_MODE_ATTACH_FSCREDS, proc(5)).
+    pub fn open_mem(&self, pid: i32) -> io::Result<rustix::fd::OwnedFd> {
+        if !self.is_live() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "process memory is readable only on the live machine",
+            ));
+        }
+        let path = self.path(format!("/proc/{pid}/mem"));
+        rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("{}: {e}", path.display()),
+            )
+        })
+    }
+}
+
+/// Fills `buf` from `fd` at `offset` with `pread`, continuing past short reads;
+/// stops at the first error (an unmapped or unreadable page of process memory
+/// answers EIO) or end of file. Returns the bytes read.
+pub fn pread_all(fd: impl rustix::fd::AsFd, buf: &mut [u8], offset: u64) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::pread(&fd, &mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => break,
+        }
+    }
+    got
+}
+
 /// A private procfs instance, mounted nowhere.
 ///
 /// Created with the new mount API (`fsopen("proc")` → `fsmount`), it is a

@@ -2,6 +2,7 @@
 //! start-up files, SSH keys. Read as text through [`Host`], with their
 //! attributes (an immutable crontab is a classic miner self-defence).
 
+use super::process::SHELLS;
 use serde::Serialize;
 
 use super::users::Users;
@@ -187,6 +188,61 @@ pub fn collect(host: &Host, users: &Users) -> Vec<PersistFile> {
         }
         for f in [".ssh/authorized_keys", ".ssh/authorized_keys2"] {
             add(format!("{home}/{f}").into_bytes(), PersistKind::SshKeys);
+        }
+    }
+    out
+}
+
+/// The last path component of a command word.
+fn command_name(w: &str) -> &str {
+    w.rsplit('/').next().unwrap_or(w)
+}
+
+/// Words of a shell command line that are executed: the first word of each
+/// command (after `;`, `&&`, `||`, `|`, `(`, `` ` ``, `$(`, `then`, `do`, ...),
+/// the word after a wrapper (`nohup`, `exec`, `setsid`, `nice`, `sudo`, `env`),
+/// and the script a shell is given (`sh /tmp/x.sh`).
+pub fn executed_words(cmd: &str) -> Vec<String> {
+    let mut spaced = cmd.replace("$(", " ; ");
+    for sep in ["&&", "||", ";", "|", "(", ")", "`", "&"] {
+        spaced = spaced.replace(sep, " ; ");
+    }
+    const KEYWORDS: &[&str] = &[
+        "then", "do", "else", "elif", "if", "while", "until", "!", "{",
+    ];
+    const WRAPPERS: &[&str] = &[
+        "nohup", "exec", "setsid", "nice", "sudo", "env", "time", "timeout", "busybox", "stdbuf",
+        "ionice", "chrt", "taskset",
+    ];
+    let mut out = Vec::new();
+    let mut at_start = true;
+    let mut after_shell = false;
+    for w in spaced.split_whitespace() {
+        let w = w.trim_matches(|c| c == '"' || c == '\'');
+        if w == ";" {
+            at_start = true;
+            after_shell = false;
+            continue;
+        }
+        if at_start {
+            if KEYWORDS.contains(&w) || w.contains('=') && !w.starts_with('/') {
+                continue; // keyword or VAR=value prefix
+            }
+            out.push(w.to_string());
+            at_start = WRAPPERS.contains(&command_name(w)) || w.starts_with('-');
+            after_shell = SHELLS.contains(&command_name(w));
+            continue;
+        }
+        if after_shell
+            && (w == "-c" || w.ends_with('c') && w.starts_with('-') && !w.starts_with("--"))
+        {
+            at_start = true; // `sh -c 'CMD'`: CMD is a command line
+            after_shell = false;
+            continue;
+        }
+        if after_shell && !w.starts_with('-') {
+            out.push(w.to_string()); // the script a shell runs
+            after_shell = false;
         }
     }
     out

@@ -265,24 +265,84 @@ pub fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 /// device, inode, then the path, which may hold spaces; the kernel appends
 /// " (deleted)" to a deleted file's path).
 pub fn mapped_paths(maps: &[u8]) -> std::collections::BTreeSet<Vec<u8>> {
-    let mut out = std::collections::BTreeSet::new();
+    parse_maps(maps)
+        .into_iter()
+        .filter(|r| r.path.starts_with(b"/"))
+        .map(|r| match r.path.strip_suffix(b" (deleted)") {
+            Some(p) => p.to_vec(),
+            None => r.path,
+        })
+        .collect()
+}
+
+/// One memory region of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    /// `rwxp` or `rwxs` (private or shared).
+    pub perms: [u8; 4],
+    pub inode: u64,
+    /// The mapped file, `[heap]`, `[stack]`..., or empty for anonymous memory.
+    pub path: Vec<u8>,
+}
+
+impl Region {
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// How evidence names it: its path, or "anonymous".
+    pub fn label(&self) -> String {
+        if self.path.is_empty() {
+            "anonymous".into()
+        } else {
+            crate::escape::escape(&self.path)
+        }
+    }
+}
+
+/// Parses `/proc/PID/maps` (proc(5): `start-end perms offset dev inode path`,
+/// the path padded with spaces and free to hold spaces itself).
+pub fn parse_maps(maps: &[u8]) -> Vec<Region> {
+    let mut out = Vec::new();
     for line in maps.split(|b| *b == b'\n') {
+        let mut fields: Vec<&[u8]> = Vec::with_capacity(5);
         let mut rest = line;
-        let mut ok = true;
         for _ in 0..5 {
             rest = rest.trim_ascii_start();
-            match rest.iter().position(|b| b.is_ascii_whitespace()) {
-                Some(i) => rest = &rest[i..],
-                None => {
-                    ok = false;
-                    break;
-                }
-            }
+            let i = rest
+                .iter()
+                .position(|b| b.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+            fields.push(&rest[..i]);
+            rest = &rest[i..];
         }
-        let path = rest.trim_ascii_start();
-        if ok && path.starts_with(b"/") {
-            out.insert(path.strip_suffix(b" (deleted)").unwrap_or(path).to_vec());
-        }
+        let hex = |b: &[u8]| u64::from_str_radix(std::str::from_utf8(b).ok()?, 16).ok();
+        let Some((lo, hi)) = fields[0]
+            .iter()
+            .position(|b| *b == b'-')
+            .and_then(|d| Some((hex(&fields[0][..d])?, hex(&fields[0][d + 1..])?)))
+        else {
+            continue;
+        };
+        let (Ok(perms), Some(inode)) = (
+            <[u8; 4]>::try_from(fields[1]),
+            std::str::from_utf8(fields[4])
+                .ok()
+                .and_then(|s| s.parse().ok()),
+        ) else {
+            continue;
+        };
+        out.push(Region {
+            start: lo,
+            end: hi,
+            perms,
+            inode,
+            path: rest.trim_ascii_start().to_vec(),
+        });
     }
     out
 }

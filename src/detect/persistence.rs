@@ -82,55 +82,7 @@ fn basename(s: &str) -> &str {
     s.rsplit('/').next().unwrap_or(s)
 }
 
-/// Words of a shell command line that are executed: the first word of each
-/// command (after `;`, `&&`, `||`, `|`, `(`, `` ` ``, `$(`, `then`, `do`, ...),
-/// the word after a wrapper (`nohup`, `exec`, `setsid`, `nice`, `sudo`, `env`),
-/// and the script a shell is given (`sh /tmp/x.sh`).
-pub fn executed_words(cmd: &str) -> Vec<String> {
-    let mut spaced = cmd.replace("$(", " ; ");
-    for sep in ["&&", "||", ";", "|", "(", ")", "`", "&"] {
-        spaced = spaced.replace(sep, " ; ");
-    }
-    const KEYWORDS: &[&str] = &[
-        "then", "do", "else", "elif", "if", "while", "until", "!", "{",
-    ];
-    const WRAPPERS: &[&str] = &[
-        "nohup", "exec", "setsid", "nice", "sudo", "env", "time", "timeout", "busybox", "stdbuf",
-        "ionice", "chrt", "taskset",
-    ];
-    let mut out = Vec::new();
-    let mut at_start = true;
-    let mut after_shell = false;
-    for w in spaced.split_whitespace() {
-        let w = w.trim_matches(|c| c == '"' || c == '\'');
-        if w == ";" {
-            at_start = true;
-            after_shell = false;
-            continue;
-        }
-        if at_start {
-            if KEYWORDS.contains(&w) || w.contains('=') && !w.starts_with('/') {
-                continue; // keyword or VAR=value prefix
-            }
-            out.push(w.to_string());
-            at_start = WRAPPERS.contains(&basename(w)) || w.starts_with('-');
-            after_shell = SHELLS.contains(&basename(w));
-            continue;
-        }
-        if after_shell
-            && (w == "-c" || w.ends_with('c') && w.starts_with('-') && !w.starts_with("--"))
-        {
-            at_start = true; // `sh -c 'CMD'`: CMD is a command line
-            after_shell = false;
-            continue;
-        }
-        if after_shell && !w.starts_with('-') {
-            out.push(w.to_string()); // the script a shell runs
-            after_shell = false;
-        }
-    }
-    out
-}
+pub use crate::collect::persistence::executed_words;
 
 /// The executed words of one line of a start-up file of this kind.
 fn commands_of(line: &str, kind: PersistKind, system_crontab: bool) -> Vec<String> {
@@ -235,6 +187,36 @@ fn judge_line(
         }
     }
     (reasons, strong, linked, content)
+}
+
+/// Start-up lines that run one of `procs`' exact executables (path, inode or
+/// content, as [`Lookup::same_program`]), as (PID, "FILE line N") pairs: the
+/// persistence that restarts a process, whatever the line is otherwise.
+pub fn links(files: &[PersistFile], procs: &[Flagged], lookup: &Lookup) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for f in files.iter().filter(|f| f.kind != PersistKind::SshKeys) {
+        let system_crontab = f.kind == PersistKind::Crontab && f.path.starts_with(b"/etc/");
+        for (i, line) in String::from_utf8_lossy(&f.content).lines().enumerate() {
+            if line.trim_start().starts_with('#') {
+                continue;
+            }
+            let commands = commands_of(line, f.kind, system_crontab);
+            for p in procs {
+                if let Some(how) = commands.iter().find_map(|t| lookup.same_program(t, p)) {
+                    out.push((
+                        p.pid,
+                        format!(
+                            "{} line {} runs {how} ({})",
+                            escape(&f.path),
+                            i + 1,
+                            escape(line.trim().as_bytes())
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Findings for every start-up file.

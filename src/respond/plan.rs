@@ -468,37 +468,15 @@ fn file_refusal(named: &BytePath, id: &FileId, opts: &FixOptions, pk: &Packages)
 fn add_restarters(host: &Host, guard: &Guard, plan: &mut Plan, snap: &Snapshot) {
     let miners: Vec<PlannedProcess> = plan.processes.clone();
     for m in &miners {
-        if m.exe.as_bytes().is_empty() {
-            continue;
-        }
-        let exe_id = host.ident(format!("/proc/{}/exe", m.pid).as_bytes());
-        let mut cur = snap.processes.get(&m.pid).map(|p| p.stat.ppid);
-        for _ in 0..32 {
-            let Some(ppid) = cur.filter(|p| *p > 1) else {
-                break;
+        for (w, how) in crate::collect::inspect::watchdogs(host, snap, m.pid) {
+            let Some(q) = snap.processes.get(&w) else {
+                continue;
             };
-            let Some(q) = snap.processes.get(&ppid) else {
-                break;
-            };
-            cur = Some(q.stat.ppid);
-            let cmd = String::from_utf8_lossy(&q.cmdline.join(&b' ')).into_owned();
-            let runs = crate::detect::persistence::executed_words(&cmd)
-                .iter()
-                .any(|w| {
-                    w.as_bytes() == m.exe.as_bytes()
-                        || (w.starts_with('/')
-                            && exe_id.is_some()
-                            && host.ident(w.as_bytes()).map(|(d, i, _)| (d, i))
-                                == exe_id.map(|(d, i, _)| (d, i)))
-                });
-            if runs {
-                let why = format!(
-                    "an ancestor of the miner PID {} whose command line runs its executable {}",
-                    m.pid,
-                    m.exe.display()
-                );
-                add_process(host, guard, plan, q, "restarter", &why);
-            }
+            let why = format!(
+                "an ancestor of the miner PID {} whose command line runs {how}",
+                m.pid
+            );
+            add_process(host, guard, plan, q, "restarter", &why);
         }
     }
 }
