@@ -74,6 +74,9 @@ struct FixArgs {
     /// Extra rules files.
     #[arg(long = "rules", value_name = "FILE")]
     rules: Vec<PathBuf>,
+    /// YARA rule files or folders of .yar/.yara files (repeatable), added to the built-in content signatures.
+    #[arg(long = "yara", value_name = "FILE|DIR")]
+    yara: Vec<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -114,6 +117,23 @@ struct ScanArgs {
     /// Extra rules files (TOML, docs/RULES.md), added to the built-in rules.
     #[arg(long = "rules", value_name = "FILE")]
     rules: Vec<PathBuf>,
+    /// YARA rule files or folders of .yar/.yara files (repeatable), added to the built-in content signatures.
+    #[arg(long = "yara", value_name = "FILE|DIR")]
+    yara: Vec<PathBuf>,
+}
+
+/// The built-in and the user's YARA rules, compiled before the scan so that a
+/// bad rule file stops Quarry with its file:line:col (`None` without `--yara`:
+/// the scan compiles the built-in rules only if a process needs them).
+fn user_signatures(
+    paths: &[PathBuf],
+) -> anyhow::Result<Option<std::sync::Arc<quarry::collect::signatures::Signatures>>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let s = quarry::collect::signatures::Signatures::compile(paths)
+        .map_err(|e| anyhow::anyhow!("--yara: {e}"))?;
+    Ok(Some(std::sync::Arc::new(s)))
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
@@ -188,6 +208,7 @@ fn cmd_scan(a: ScanArgs) -> anyhow::Result<u8> {
         } else {
             a.module_paths.clone()
         },
+        signatures: user_signatures(&a.yara)?,
         ..ScanOptions::default()
     };
     let report = scan::run(&host, &rules, &opts)?;
@@ -214,7 +235,7 @@ fn cmd_scan(a: ScanArgs) -> anyhow::Result<u8> {
 /// `quarry rules`.
 fn cmd_rules(files: Vec<PathBuf>) -> anyhow::Result<u8> {
     if files.is_empty() {
-        print!("{}", quarry::rules::DEFAULT_RULES);
+        print!("{}", quarry::rules::default_rules());
         return Ok(0);
     }
     let rules = load_rules(&files)?;
@@ -244,6 +265,7 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
     let opts = ScanOptions {
         interval: Duration::from_secs_f64(a.interval),
         pin_files: true,
+        signatures: user_signatures(&a.yara)?,
         ..ScanOptions::default()
     };
     let (report, snap) = scan::run_full(&host, &rules, &opts)?;

@@ -14,7 +14,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// The built-in rules, compiled into the binary.
-pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
+pub fn default_rules() -> String {
+    crate::collect::signatures::inflate(include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/default.toml.deflate"
+    )))
+}
 /// The name reported for the built-in rules in errors and evidence.
 pub const DEFAULT_RULES_NAME: &str = "<built-in rules/default.toml>";
 
@@ -135,7 +140,7 @@ impl Rules {
     /// The built-in rules.
     pub fn builtin() -> Rules {
         let mut r = Rules::default();
-        r.add_str(DEFAULT_RULES, DEFAULT_RULES_NAME)
+        r.add_str(&default_rules(), DEFAULT_RULES_NAME)
             .expect("built-in rules are valid (checked by a unit test)");
         r
     }

@@ -53,6 +53,9 @@ pub struct ScanOptions {
     /// Pin the identity of every file a remedy names (for `quarry fix`; it
     /// costs a read and a hash of each).
     pub pin_files: bool,
+    /// Content signatures compiled beforehand (built-in and `--yara`); when
+    /// `None`, the built-in rules are compiled if some process needs them.
+    pub signatures: Option<std::sync::Arc<collect::signatures::Signatures>>,
 }
 
 impl Default for ScanOptions {
@@ -68,6 +71,7 @@ impl Default for ScanOptions {
                 .collect(),
             walk_limits: Default::default(),
             pin_files: false,
+            signatures: None,
         }
     }
 }
@@ -337,7 +341,42 @@ pub fn run_full(
             walk,
         });
     }
+    // Persistence files are read before the miner verdicts: a start-up line
+    // that runs a process's exact executable is part of its verdict.
+    let persist_files = if on(Check::Persistence) {
+        collect::persistence::collect(host, &snap.users)
+    } else {
+        Vec::new()
+    };
+    let lookup = detect::persistence::Lookup {
+        stat: &|p| host.ident(p),
+        sha256: &|p| host.sha256_of(p),
+    };
+    let mut snap = snap;
+    let mut inspect_us = 0;
     if on(Check::Miner) {
+        let ti = Instant::now();
+        let pids = inspection_targets(&snap, rules, me, &hidden_pids);
+        if !pids.is_empty() {
+            let sigs = match &opts.signatures {
+                Some(s) => s.clone(),
+                None => std::sync::Arc::new(
+                    collect::signatures::Signatures::compile(&[])
+                        .map_err(|e| std::io::Error::other(e.0))?,
+                ),
+            };
+            snap.inspections = collect::inspect::inspect(host, &sigs, &snap, &pids);
+            let procs: Vec<detect::persistence::Flagged> = pids
+                .iter()
+                .filter_map(|pid| flagged(host, &snap, *pid, false))
+                .collect();
+            for (pid, line) in detect::persistence::links(&persist_files, &procs, &lookup) {
+                if let Some(ins) = snap.inspections.get_mut(&pid) {
+                    ins.restarters.push(line);
+                }
+            }
+        }
+        inspect_us = ti.elapsed().as_micros() as u64;
         findings.extend(
             detect::miner::detect(&snap, rules)
                 .into_iter()
@@ -350,32 +389,14 @@ pub fn run_full(
             .filter(|f| f.verdict.is_some())
             .filter_map(|f| {
                 let pid = f.subject.pid?;
-                let p = snap.processes.get(&pid);
-                let exe = p
-                    .and_then(|p| p.exe.as_ref().ok())
-                    .filter(|e| !e.memfd)
-                    .map(|e| e.path.clone());
-                let name = p
-                    .map(|p| String::from_utf8_lossy(p.name()).into_owned())
-                    .or_else(|| f.subject.name.clone())
-                    .unwrap_or_default();
-                // Identity through /proc/PID/exe: a deleted file has one too.
-                let exe_link = format!("/proc/{pid}/exe");
-                Some(detect::persistence::Flagged {
-                    pid,
-                    name,
-                    exe,
-                    exe_id: host.ident(exe_link.as_bytes()),
-                    sha256: host.sha256_of(exe_link.as_bytes()),
-                    malicious: f.verdict.as_deref() == Some("malicious"),
-                })
+                let mut fl = flagged(host, &snap, pid, f.verdict.as_deref() == Some("malicious"))?;
+                if fl.name.is_empty() {
+                    fl.name = f.subject.name.clone().unwrap_or_default();
+                }
+                Some(fl)
             })
             .collect();
-        let files = collect::persistence::collect(host, &snap.users);
-        let lookup = detect::persistence::Lookup {
-            stat: &|p| host.ident(p),
-            sha256: &|p| host.sha256_of(p),
-        };
+        let files = persist_files;
         findings.extend(detect::persistence::findings(
             &files, &flagged, rules, &lookup,
         ));
@@ -398,6 +419,7 @@ pub fn run_full(
     timing.detect_us = t.elapsed().as_micros() as u64;
     timing.census_us = census_us;
     timing.module_walk_us = walk_us;
+    timing.inspect_us = inspect_us;
     timing.confirm_interval_us = confirm_sleep_us;
     timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us
         - confirm_sleep_us.min(timing.detect_us);
@@ -423,6 +445,51 @@ pub fn run_full(
         timing,
     };
     Ok((report, snap))
+}
+
+/// Processes whose content is inspected: any miner signal, or at least
+/// [`detect::miner::HIGH_CPU_PERCENT`] of one CPU (issue 9); never Quarry itself, a
+/// kernel thread, or a process the hidden-process check reports.
+fn inspection_targets(snap: &Snapshot, rules: &Rules, me: Option<i32>, hidden: &[i32]) -> Vec<i32> {
+    snap.processes
+        .values()
+        .filter(|p| Some(p.pid) != me && !p.is_kernel_thread() && !hidden.contains(&p.pid))
+        .filter(|p| {
+            // A sealed memfd alone is what runc and systemd run: not a reason.
+            p.cpu_percent >= detect::miner::HIGH_CPU_PERCENT
+                || detect::miner::signals(snap, rules, p, &[])
+                    .iter()
+                    .any(|s| !(s.id == "exe-memfd" && s.weight <= 1))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// A process as the persistence links see it: its executable's path,
+/// identity and SHA-256 (through `/proc/PID/exe`, so a deleted file has them).
+fn flagged(
+    host: &Host,
+    snap: &Snapshot,
+    pid: i32,
+    malicious: bool,
+) -> Option<detect::persistence::Flagged> {
+    let p = snap.processes.get(&pid);
+    let exe = p
+        .and_then(|p| p.exe.as_ref().ok())
+        .filter(|e| !e.memfd)
+        .map(|e| e.path.clone());
+    let name = p
+        .map(|p| String::from_utf8_lossy(p.name()).into_owned())
+        .unwrap_or_default();
+    let exe_link = format!("/proc/{pid}/exe");
+    Some(detect::persistence::Flagged {
+        pid,
+        name,
+        exe,
+        exe_id: host.ident(exe_link.as_bytes()),
+        sha256: host.sha256_of(exe_link.as_bytes()),
+        malicious,
+    })
 }
 
 fn count_verdict(f: &[Finding], v: &str) -> usize {

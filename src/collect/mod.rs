@@ -6,6 +6,8 @@
 
 pub mod census;
 pub mod cpu;
+pub mod inspect;
+pub mod minercfg;
 pub mod modules;
 pub mod mounts;
 pub mod net;
@@ -13,6 +15,7 @@ pub mod packages;
 pub mod persistence;
 pub mod preload;
 pub mod process;
+pub mod signatures;
 pub mod users;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,6 +58,9 @@ pub struct Timing {
     /// The second sample's interval, slept only when unexplained CPU needed
     /// confirming (included in census_us and detect_us, not in work_us).
     pub confirm_interval_us: u64,
+    /// Content signatures, miner configurations and restarter links of the
+    /// selected processes (collect::inspect).
+    pub inspect_us: u64,
     /// Everything but the intervals.
     pub work_us: u64,
 }
@@ -81,6 +87,9 @@ pub struct Snapshot {
     /// Things Quarry could not see, in plain words.
     pub limitations: Vec<String>,
     pub timing: Timing,
+    /// What the selected processes carry (signatures, configs, restarters),
+    /// filled by the scan after the sample ([`inspect`]).
+    pub inspections: HashMap<i32, inspect::Inspection>,
 }
 
 /// What to collect.
@@ -207,6 +216,7 @@ pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
             second_pass_us: us(second_pass),
             ..Timing::default()
         },
+        inspections: HashMap::new(),
     })
 }
 

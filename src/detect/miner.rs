@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 
 use super::{Evidence, Finding, Severity, Signal, Subject, Technique};
+use crate::collect::inspect::Inspection;
 use crate::collect::process::{basename, Process, ReadError};
 use crate::collect::{net, Snapshot};
 use crate::escape::{escape, escape_args};
@@ -280,7 +281,143 @@ pub fn signals(snap: &Snapshot, rules: &Rules, p: &Process, conns: &[&net::Socke
             "T1496",
         ));
     }
+
+    // 7. What it carries, reads and what restarts it (collect::inspect).
+    if let Some(ins) = snap.inspections.get(&p.pid) {
+        inspection_signals(p, ins, snap, &mut sig);
+    }
     sig
+}
+
+/// Whether a process started before the sample's first reading and used at
+/// least [`HIGH_CPU_PERCENT`] of one CPU over all of it.
+fn busy_whole_sample(snap: &Snapshot, p: &Process) -> bool {
+    p.cpu_percent >= HIGH_CPU_PERCENT
+        && snap
+            .first
+            .get(&p.pid)
+            .is_some_and(|f| f.starttime == p.stat.starttime)
+}
+
+/// Signals from what the process carries (content signatures in its
+/// executable and memory), the miner configuration it reads, what restarts
+/// it, and a memory-only or deleted executable kept busy.
+fn inspection_signals(p: &Process, ins: &Inspection, snap: &Snapshot, sig: &mut Vec<Signal>) {
+    // The program is a package's own unchanged file (a compiler, an
+    // interpreter, grep, an editor): its memory holds whatever it reads,
+    // miner source code included. Only a strong rule (a live job, a login
+    // with a wallet: data, not code) counts in its memory then.
+    let packaged = ins
+        .exe_package
+        .as_ref()
+        .filter(|(_, ok)| *ok == Some(true))
+        .map(|(name, _)| name.clone());
+    let mut rules: Vec<&str> = Vec::new();
+    for m in ins.exe_matches.iter().chain(&ins.mem_matches) {
+        if rules.contains(&m.rule.as_str()) {
+            continue;
+        }
+        rules.push(&m.rule);
+        let in_file = ins.exe_matches.iter().any(|x| x.rule == m.rule);
+        let mut weight = m.weight;
+        let mut detail = format!(
+            "{} rule {} matched {} at {}: {} {}{}",
+            m.origin,
+            m.rule,
+            if in_file {
+                "the executable"
+            } else {
+                "its memory"
+            },
+            m.at,
+            m.string,
+            m.data,
+            if m.description.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", m.description)
+            }
+        );
+        if let (Some(pkg), false) = (&packaged, in_file) {
+            if weight < MALICIOUS {
+                weight = 0;
+                detail.push_str(&format!(
+                    "; not counted: the program is package {pkg}'s unchanged file, whose memory holds what it reads (miner source code too)"
+                ));
+            }
+        }
+        sig.push(Signal {
+            id: "content-signature".into(),
+            weight,
+            detail,
+            technique: Technique::new(&m.technique),
+            source: Some(format!("YARA rule {} ({})", m.rule, m.origin)),
+        });
+    }
+    for c in &ins.configs {
+        let pools: Vec<String> = c
+            .pools
+            .iter()
+            .take(3)
+            .map(|pl| {
+                format!(
+                    "pool {} user {}{}",
+                    crate::escape::escape_str(&pl.url),
+                    crate::escape::escape_str(&pl.user),
+                    pl.algo
+                        .as_deref()
+                        .map(|a| format!(" algo {}", crate::escape::escape_str(a)))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        sig.push(signal(
+            "miner-config",
+            MALICIOUS,
+            format!(
+                "reads the miner configuration {} ({}): {}",
+                c.path.display(),
+                c.found,
+                pools.join("; ")
+            ),
+            "T1496",
+        ));
+    }
+    let fileless = p.exe.as_ref().ok().filter(|e| {
+        (e.memfd && e.memfd_sealed != Some(true))
+            || (e.deleted && !e.memfd && ins.exe_package.is_none())
+    });
+    if let Some(e) = fileless.filter(|_| busy_whole_sample(snap, p)) {
+        sig.push(signal(
+            "fileless-busy",
+            3,
+            format!(
+                "ran from {} ({}) and used {:.0}% of one CPU for the whole {:.1} s sample: code with no file on disk, kept busy",
+                escape(&e.link),
+                if e.memfd { "an unsealed memory file" } else { "a deleted file no package owns" },
+                p.cpu_percent,
+                snap.elapsed.as_secs_f64()
+            ),
+            "T1620",
+        ));
+    }
+    // A restarter raises a miner signal already there; it never creates one,
+    // and busy CPU or a port alone is not one (a service cron keeps alive is
+    // not a miner by that).
+    let miner_signal = sig
+        .iter()
+        .any(|s| s.weight > 0 && !matches!(s.id.as_str(), "high-cpu" | "pool-port"));
+    if !ins.restarters.is_empty() && miner_signal {
+        sig.push(signal(
+            "restarted",
+            3,
+            format!(
+                "restarted by what runs its exact executable: {}",
+                ins.restarters.join("; ")
+            ),
+            "T1496",
+        ));
+    }
 }
 
 /// Judges one process.
@@ -305,8 +442,25 @@ pub fn judge(
             techniques.push(s.technique.clone());
         }
     }
-    let name = escape(p.name());
-    let remedies = process_remedies(p);
+    let shown = display_name(p);
+    let name = match p.argv0() {
+        Some(a) if shown.contains("(kernel name") => escape(a),
+        _ => escape(p.name()),
+    };
+    let mut remedies = process_remedies(p);
+    if verdict == "malicious" {
+        // Its configuration is the miner's own: it goes with it.
+        for c in snap.inspections.get(&p.pid).map_or(&[][..], |i| &i.configs) {
+            if c.path.as_bytes().starts_with(b"/") && !c.path.as_bytes().starts_with(b"/memfd:") {
+                remedies.push(super::Remedy::QuarantineFile {
+                    path: c.path.clone(),
+                    id: None,
+                    direct: true,
+                    judged: super::Judged::Content(c.sha256.clone()),
+                });
+            }
+        }
+    }
     let mut reasons: Vec<&str> = Vec::new();
     for s in &sig {
         if !reasons.contains(&s.id.as_str()) {
@@ -314,7 +468,7 @@ pub fn judge(
         }
     }
     let title = format!(
-        "PID {} \"{name}\" is {} ({})",
+        "PID {} {shown} is {} ({})",
         p.pid,
         if verdict == "malicious" {
             "a cryptominer"
@@ -339,6 +493,21 @@ pub fn judge(
         score: Some(score),
         evidence: process_evidence(snap, p),
     })
+}
+
+/// How a process is named in a title: its kernel name, or, for a program
+/// run from a memfd (`fexecve` names it after `/proc/self/fd/N`, "3", or the
+/// memfd, "memfd:x"), its argv[0] with the kernel name beside it.
+pub fn display_name(p: &Process) -> String {
+    let n = p.name();
+    let numeric = !n.is_empty() && n.iter().all(u8::is_ascii_digit);
+    let memfd = p.exe.as_ref().is_ok_and(|e| e.memfd);
+    if numeric || memfd {
+        if let Some(a) = p.argv0().filter(|a| !a.is_empty() && *a != n) {
+            return format!("\"{}\" (kernel name \"{}\")", escape(a), escape(n));
+        }
+    }
+    format!("\"{}\"", escape(n))
 }
 
 /// The value of a process's own algorithm option, lower-cased: the word after
@@ -420,6 +589,49 @@ pub fn process_evidence(snap: &Snapshot, p: &Process) -> Vec<Evidence> {
             p.cpu_percent, p.stat.num_threads, p.stat.nice
         ),
     ));
+    if let Some(ins) = snap.inspections.get(&p.pid) {
+        let mut what = format!(
+            "signatures matched against the executable ({} KiB) and {} KiB of private memory in {} regions",
+            ins.exe_bytes >> 10,
+            ins.mem_bytes >> 10,
+            ins.mem_regions
+        );
+        if let Some(n) = &ins.exe_note {
+            what.push_str(&format!("; executable not read: {n}"));
+        }
+        for s in &ins.mem_skipped {
+            what.push_str(&format!("; skipped: {s}"));
+        }
+        ev.push(Evidence::new("content", what));
+        for c in &ins.configs {
+            ev.push(Evidence::new(
+                "config",
+                format!(
+                    "{} ({}), sha256 {} (cat {})",
+                    c.path.display(),
+                    c.found,
+                    &c.sha256[..16],
+                    c.path.display()
+                ),
+            ));
+        }
+        for r in &ins.restarters {
+            ev.push(Evidence::new("restarted by", r.clone()));
+        }
+        if let Some((pkg, ok)) = &ins.exe_package {
+            ev.push(Evidence::new(
+                "package",
+                format!(
+                    "executable path installed by {pkg}{} (dpkg -S; dpkg --verify {pkg})",
+                    match ok {
+                        Some(true) => ", checksum matches",
+                        Some(false) => ", checksum DIFFERS",
+                        None => "",
+                    }
+                ),
+            ));
+        }
+    }
     let chain: Vec<String> = snap
         .ancestors(p.pid)
         .iter()

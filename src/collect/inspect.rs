@@ -1,0 +1,324 @@
+//! What a process carries: content signatures in its executable and its
+//! private memory, and the miner configuration it reads.
+//!
+//! Names and command lines are the attacker's to choose; the code a miner runs
+//! and the job it holds are not. For each process the scan selects (any miner
+//! signal, or at least 50% of one CPU over the sample), Quarry:
+//! - matches the signatures ([`super::signatures`]) against the executable,
+//!   read through `/proc/PID/exe` so deleted and memfd executables work;
+//! - matches them against the process's private memory: the regions of
+//!   `/proc/PID/maps` that are readable, private and either anonymous, the
+//!   heap, the stack, or the executable's own data, read with `pread` on
+//!   `/proc/PID/mem`. Regions larger than [`MAX_REGION`] (a RandomX dataset is
+//!   2080 MiB, its cache 256 MiB) are skipped, and at most [`MEM_BUDGET`]
+//!   bytes are read per process; the evidence says what was skipped;
+//! - looks for its miner configuration ([`super::minercfg`]).
+//!
+//! Memory is read only on the live machine (`/proc/PID/mem` of an offline
+//! root means nothing) and needs ptrace access (root, and not
+//! `kernel.yama.ptrace_scope = 3`); when denied, the evidence says so.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::minercfg::{self, MinerConfig};
+use super::process::{parse_maps, Region};
+use super::signatures::{Match, Signatures};
+use crate::host::Host;
+
+/// Largest single memory region read. Miners' jobs, configs and unpacked code
+/// live in the heap and small anonymous regions; the huge regions are hash
+/// datasets (RandomX: 2080 MiB dataset, 256 MiB cache, per the RandomX
+/// specification) whose bytes say nothing.
+pub const MAX_REGION: u64 = 64 << 20;
+
+/// Most memory bytes read per process: bounds the added scan time (about
+/// 10 ms per process at the measured matching speed, BENCHMARKS.md).
+pub const MEM_BUDGET: u64 = 24 << 20;
+
+/// Where a package manager installs programs (Filesystem Hierarchy
+/// Standard 3.0: /usr, /opt, and the merged-/usr aliases /bin, /sbin, /lib*).
+const PACKAGE_PLACES: &[&str] = &["/usr/", "/bin/", "/sbin/", "/lib", "/opt/"];
+
+/// Largest executable matched (XMRig's static build is about 8 MiB).
+pub const MAX_EXE: usize = 64 << 20;
+
+/// Whether a region is one Quarry reads: readable, private, and anonymous,
+/// heap, stack, or the executable's own data. Shared libraries and other
+/// mapped files are files (judged as files elsewhere); kernel pages (`[vvar]`,
+/// `[vdso]`, `[vsyscall]`) are the same in every process.
+pub fn wanted(r: &Region, exe_path: Option<&[u8]>) -> bool {
+    if r.perms[0] != b'r' || r.perms[3] != b'p' {
+        return false;
+    }
+    if r.path.is_empty() || r.path == b"[heap]" || r.path.starts_with(b"[stack") {
+        return true;
+    }
+    // The executable's writable data (unpacked code of some packers lands in
+    // anonymous regions, covered above).
+    exe_path.is_some_and(|e| r.path == e && r.perms[1] == b'w')
+}
+
+/// What was found in one process.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Inspection {
+    /// Signature matches in the executable file.
+    pub exe_matches: Vec<Match>,
+    /// Bytes of the executable matched (0 if unreadable).
+    pub exe_bytes: u64,
+    /// Why the executable was not matched, if it was not.
+    pub exe_note: Option<String>,
+    /// Signature matches in memory.
+    pub mem_matches: Vec<Match>,
+    /// Memory bytes read and matched, in how many regions.
+    pub mem_bytes: u64,
+    pub mem_regions: usize,
+    /// What was not read, in words (huge regions, the budget, a denial).
+    pub mem_skipped: Vec<String>,
+    /// Miner configurations it reads.
+    pub configs: Vec<MinerConfig>,
+    /// What restarts it, linked by its exact executable (never by name):
+    /// watchdog ancestors and start-up lines, in words.
+    pub restarters: Vec<String>,
+    /// The dpkg package that installed the executable's path, and whether the
+    /// file still matches the package's checksum (`None`: no checksum
+    /// recorded, or the executable was replaced since). Looked up only when
+    /// something in memory matched, or for a deleted executable.
+    pub exe_package: Option<(String, Option<bool>)>,
+    /// Time spent on this process, microseconds.
+    pub took_us: u64,
+}
+
+/// Inspects the given processes of the snapshot.
+pub fn inspect(
+    host: &Host,
+    sigs: &Signatures,
+    snap: &super::Snapshot,
+    pids: &[i32],
+) -> HashMap<i32, Inspection> {
+    let mut out = HashMap::new();
+    let mut packages: Option<super::packages::Packages> = None;
+    let quarry_itself = host
+        .is_live()
+        .then(|| host.ident(b"/proc/self/exe"))
+        .flatten();
+    // Executables shared by several processes are matched once.
+    let mut exe_cache: HashMap<(u64, u64, u64), (Vec<Match>, u64)> = HashMap::new();
+    for pid in pids {
+        let Some(p) = snap.processes.get(pid) else {
+            continue;
+        };
+        let t = std::time::Instant::now();
+        let (argv, exe_file, mapped_exe) = match &p.exe {
+            Ok(e) => (
+                &p.cmdline,
+                (!e.memfd && !e.deleted).then_some(e.path.as_slice()),
+                Some(e.link.as_slice()),
+            ),
+            Err(_) => (&p.cmdline, None, None),
+        };
+        let mut ins = Inspection::default();
+        let exe_link = format!("/proc/{pid}/exe");
+        let key = host.ident(exe_link.as_bytes());
+        if key.is_some() && key == quarry_itself {
+            // Another Quarry (a `watch` daemon beside a `scan`) holds the
+            // rules it matches with in memory: proven the same file, it is
+            // not matched against them.
+            ins.exe_note = Some("the executable is Quarry's own file: not matched".into());
+            ins.took_us = t.elapsed().as_micros() as u64;
+            out.insert(*pid, ins);
+            continue;
+        }
+        if let Some(hit) = key.and_then(|k| exe_cache.get(&k)) {
+            (ins.exe_matches, ins.exe_bytes) = hit.clone();
+        } else {
+            match host.read_prefix(&exe_link, MAX_EXE) {
+                Ok(data) => {
+                    ins.exe_matches = sigs.scan(&data, super::signatures::Place::File);
+                    ins.exe_bytes = data.len() as u64;
+                    if let Some(k) = key {
+                        exe_cache.insert(k, (ins.exe_matches.clone(), ins.exe_bytes));
+                    }
+                }
+                Err(e) => ins.exe_note = Some(format!("{exe_link}: {e}")),
+            }
+        }
+        if host.is_live() {
+            read_memory(host, sigs, *pid, mapped_exe, &mut ins);
+        }
+        ins.configs = minercfg::find(host, *pid, argv, exe_file);
+        ins.restarters = watchdogs(host, snap, *pid)
+            .into_iter()
+            .map(|(w, how)| {
+                let name = snap
+                    .processes
+                    .get(&w)
+                    .map(|q| crate::escape::escape(q.name()))
+                    .unwrap_or_default();
+                format!("watchdog PID {w} ({name}), an ancestor whose command line runs {how}")
+            })
+            .collect();
+        let deleted = p.exe.as_ref().is_ok_and(|e| e.deleted && !e.memfd);
+        // dpkg installs only under these; loading its lists costs ~100 ms.
+        let installable = p.exe.as_ref().is_ok_and(|e| {
+            PACKAGE_PLACES
+                .iter()
+                .any(|d| e.path.starts_with(d.as_bytes()))
+        });
+        if installable && (!ins.mem_matches.is_empty() || deleted) {
+            let pk = packages.get_or_insert_with(|| super::packages::Packages::load(host));
+            if let Ok(e) = &p.exe {
+                if let Some(owner) = pk.owner(&e.path) {
+                    let ok = if deleted {
+                        None
+                    } else {
+                        pk.md5_matches(host, owner, &e.path)
+                    };
+                    ins.exe_package = Some((owner.to_string(), ok));
+                }
+            }
+        }
+        ins.took_us = t.elapsed().as_micros() as u64;
+        out.insert(*pid, ins);
+    }
+    out
+}
+
+/// Ancestors of `pid` whose command line runs its exact executable (the same
+/// path, or a path to the same file), e.g. `sh -c 'while :; do /tmp/m; done'`,
+/// with how they name it. Names never link: a miner called `sleep` must not
+/// make every shell running `sleep` its watchdog.
+pub fn watchdogs(host: &Host, snap: &super::Snapshot, pid: i32) -> Vec<(i32, String)> {
+    let Some(Ok(exe)) = snap.processes.get(&pid).map(|p| p.exe.as_ref()) else {
+        return Vec::new();
+    };
+    if exe.memfd {
+        return Vec::new();
+    }
+    let exe_id = host
+        .ident(format!("/proc/{pid}/exe").as_bytes())
+        .map(|(d, i, _)| (d, i));
+    let mut out = Vec::new();
+    let mut cur = snap.processes.get(&pid).map(|p| p.stat.ppid);
+    for _ in 0..32 {
+        let Some(ppid) = cur.filter(|p| *p > 1) else {
+            break;
+        };
+        let Some(q) = snap.processes.get(&ppid) else {
+            break;
+        };
+        cur = Some(q.stat.ppid);
+        let cmd = String::from_utf8_lossy(&q.cmdline.join(&b' ')).into_owned();
+        let how = super::persistence::executed_words(&cmd)
+            .iter()
+            .find_map(|w| {
+                if w.as_bytes() == exe.path.as_slice() {
+                    return Some(format!(
+                        "its exact path {}",
+                        crate::escape::escape(w.as_bytes())
+                    ));
+                }
+                let same = w.starts_with('/')
+                    && exe_id.is_some()
+                    && host.ident(w.as_bytes()).map(|(d, i, _)| (d, i)) == exe_id;
+                same.then(|| {
+                    format!(
+                        "{}, the same file (device and inode)",
+                        crate::escape::escape(w.as_bytes())
+                    )
+                })
+            });
+        if let Some(how) = how {
+            out.push((ppid, how));
+        }
+    }
+    out
+}
+
+fn read_memory(host: &Host, sigs: &Signatures, pid: i32, exe: Option<&[u8]>, ins: &mut Inspection) {
+    let maps = match host.read(format!("/proc/{pid}/maps")) {
+        Ok(m) => parse_maps(&m),
+        Err(e) => {
+            ins.mem_skipped
+                .push(format!("/proc/{pid}/maps unreadable: {e}"));
+            return;
+        }
+    };
+    let mem = match host.open_mem(pid) {
+        Ok(f) => f,
+        Err(e) => {
+            ins.mem_skipped.push(format!(
+                "/proc/{pid}/mem unreadable ({e}): memory not inspected"
+            ));
+            return;
+        }
+    };
+    let mut budget = MEM_BUDGET;
+    let (mut over_budget, mut over_bytes) = (0usize, 0u64);
+    let mut buf = Vec::new();
+    for r in maps.iter().filter(|r| wanted(r, exe)) {
+        if r.len() > MAX_REGION {
+            ins.mem_skipped.push(format!(
+                "{} region {:#x}-{:#x} ({} MiB): larger than {} MiB, as a hash dataset is",
+                r.label(),
+                r.start,
+                r.end,
+                r.len() >> 20,
+                MAX_REGION >> 20
+            ));
+            continue;
+        }
+        if r.len() > budget {
+            over_budget += 1;
+            over_bytes += r.len();
+            continue;
+        }
+        budget -= r.len();
+        buf.resize(r.len() as usize, 0);
+        let n = crate::host::pread_all(&mem, &mut buf, r.start);
+        if n == 0 {
+            continue;
+        }
+        ins.mem_bytes += n as u64;
+        ins.mem_regions += 1;
+        let place = super::signatures::Place::Memory {
+            start: r.start,
+            label: r.label(),
+        };
+        ins.mem_matches.extend(sigs.scan(&buf[..n], place));
+    }
+    if over_budget > 0 {
+        ins.mem_skipped.push(format!(
+            "{over_budget} regions ({} MiB) beyond the {} MiB read per process",
+            over_bytes >> 20,
+            MEM_BUDGET >> 20
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines() {
+        let text =
+            b"55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]\n\
+7f00aa000000-7f01aa000000 rw-p 00000000 00:00 0 \n\
+7f01bb000000-7f01bb001000 r-xp 00002000 fe:01 131 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+7f01cc000000-7f01cc001000 rw-p 00003000 fe:01 99 /tmp/.x/my miner (deleted)\n\
+garbage line\n";
+        let m = parse_maps(text);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].path, b"[heap]");
+        assert!(m[1].path.is_empty());
+        assert_eq!(m[1].len(), 0x1_0000_0000);
+        assert_eq!(m[3].path, b"/tmp/.x/my miner (deleted)");
+        assert!(wanted(&m[0], None));
+        assert!(wanted(&m[1], None));
+        assert!(!wanted(&m[2], None));
+        assert!(wanted(&m[3], Some(b"/tmp/.x/my miner (deleted)")));
+        assert!(!wanted(&m[3], Some(b"/usr/bin/x")));
+    }
+}
