@@ -9,8 +9,9 @@
 //! - matches them against the process's private memory: the regions of
 //!   `/proc/PID/maps` that are readable, private and either anonymous, the
 //!   heap, the stack, or the executable's own data, read with `pread` on
-//!   `/proc/PID/mem`. Regions larger than [`MAX_REGION`] (a RandomX dataset is
-//!   2080 MiB, its cache 256 MiB) are skipped, and at most [`MEM_BUDGET`]
+//!   `/proc/PID/mem`. Of regions larger than [`MAX_REGION`] (a RandomX dataset
+//!   is 2080 MiB, its cache 256 MiB) only the first [`HUGE_REGION_HEAD`] is
+//!   read, and at most [`MEM_BUDGET`]
 //!   bytes are read per process; the evidence says what was skipped;
 //! - looks for its miner configuration ([`super::minercfg`]).
 //!
@@ -32,6 +33,9 @@ use crate::host::Host;
 /// datasets (RandomX: 2080 MiB dataset, 256 MiB cache, per the RandomX
 /// specification) whose bytes say nothing.
 pub const MAX_REGION: u64 = 64 << 20;
+
+/// How much of a region larger than [`MAX_REGION`] is read: its start.
+pub const HUGE_REGION_HEAD: u64 = 4 << 20;
 
 /// Most memory bytes read per process: bounds the added scan time (about
 /// 10 ms per process at the measured matching speed, BENCHMARKS.md).
@@ -258,24 +262,30 @@ fn read_memory(host: &Host, sigs: &Signatures, pid: i32, exe: Option<&[u8]>, ins
     let (mut over_budget, mut over_bytes) = (0usize, 0u64);
     let mut buf = Vec::new();
     for r in maps.iter().filter(|r| wanted(r, exe)) {
-        if r.len() > MAX_REGION {
+        // A huge region is read only at its start, where a heap keeps its
+        // first allocations (configuration, pool job); a hash dataset's
+        // bytes past that say nothing.
+        let want = if r.len() > MAX_REGION {
             ins.mem_skipped.push(format!(
-                "{} region {:#x}-{:#x} ({} MiB): larger than {} MiB, as a hash dataset is",
+                "{} region {:#x}-{:#x} ({} MiB) read only in its first {} MiB (larger than {} MiB, as a hash dataset is)",
                 r.label(),
                 r.start,
                 r.end,
                 r.len() >> 20,
+                HUGE_REGION_HEAD >> 20,
                 MAX_REGION >> 20
             ));
-            continue;
-        }
-        if r.len() > budget {
+            HUGE_REGION_HEAD
+        } else {
+            r.len()
+        };
+        if want > budget {
             over_budget += 1;
-            over_bytes += r.len();
+            over_bytes += want;
             continue;
         }
-        budget -= r.len();
-        buf.resize(r.len() as usize, 0);
+        budget -= want;
+        buf.resize(want as usize, 0);
         let n = crate::host::pread_all(&mem, &mut buf, r.start);
         if n == 0 {
             continue;
