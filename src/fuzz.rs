@@ -113,7 +113,7 @@ pub fn run(target: &str, data: &[u8]) {
             let _ = crate::collect::modules::decompress(rest, Some(c));
         }
         "cgroup" => {
-            let _ = crate::scan::cgroup_context(data);
+            let _ = crate::collect::process::cgroup_context(data);
         }
         other => panic!("unknown fuzz target {other}"),
     }

@@ -35,6 +35,10 @@ pub struct DirEntry {
 #[derive(Debug, Clone)]
 pub struct Host {
     root: PathBuf,
+    /// The live machine seen through a root other than `/` (a container with
+    /// the host's root mounted at `/host` and the host's PID namespace): see
+    /// [`Host::open`].
+    live: bool,
     /// When set, `/proc/...` paths resolve under this directory instead of
     /// `ROOT/proc` (used for a private, freshly mounted procfs).
     proc_dir: Option<PathBuf>,
@@ -51,6 +55,7 @@ impl Host {
     pub fn new(root: impl Into<PathBuf>) -> Host {
         Host {
             root: root.into(),
+            live: false,
             proc_dir: None,
         }
     }
@@ -59,6 +64,7 @@ impl Host {
     pub fn with_proc_dir(&self, proc_dir: PathBuf) -> Host {
         Host {
             root: self.root.clone(),
+            live: self.live,
             proc_dir: Some(proc_dir),
         }
     }
@@ -71,12 +77,40 @@ impl Host {
     /// True when this is the running machine (root `/`): only then do system-call
     /// probes (`kill(pid, 0)`, pidfds, ...) describe the same machine as the files.
     pub fn is_live(&self) -> bool {
-        self.root == Path::new("/")
+        self.live || self.root == Path::new("/")
+    }
+
+    /// The machine under `root`, as the command line's `--root` names it.
+    ///
+    /// When `ROOT/proc` is a procfs of Quarry's own PID namespace (a
+    /// Kubernetes pod with `hostPID: true` and the host's root mounted at
+    /// `/host`), the host is live: processes are read through that procfs,
+    /// system-call probes and memory reads describe the same machine, and
+    /// files are read under `root`. Otherwise `root` is an offline tree (a
+    /// fixture or a mounted disk) and only its files are judged.
+    pub fn open(root: impl Into<PathBuf>) -> Host {
+        let root: PathBuf = root.into();
+        if root == Path::new("/") {
+            return Host::new(root);
+        }
+        let ns = |p: PathBuf| std::fs::read_link(p).ok();
+        let mine = ns(PathBuf::from("/proc/self/ns/pid"));
+        let theirs = ns(root.join("proc/self/ns/pid"));
+        if mine.is_some() && mine == theirs {
+            let proc_dir = root.join("proc");
+            Host {
+                root,
+                live: true,
+                proc_dir: Some(proc_dir),
+            }
+        } else {
+            Host::new(root)
+        }
     }
 
     /// True when `/proc` is a private procfs (see [`FreshProc`]).
     pub fn is_fresh_proc(&self) -> bool {
-        self.proc_dir.is_some()
+        self.proc_dir.is_some() && !self.live
     }
 
     /// The real path of `path`, an absolute path on the inspected machine.

@@ -13,3 +13,4 @@ pub mod report;
 pub mod respond;
 pub mod rules;
 pub mod scan;
+pub mod watch;

@@ -43,6 +43,8 @@ enum Command {
         #[arg(long, default_value = quarry::respond::case::DEFAULT_CASE_ROOT)]
         case_root: PathBuf,
     },
+    /// Keep watching: light sampling, full scans on triggers, JSON lines and Prometheus metrics.
+    Watch(WatchArgs),
     /// List the cases fixes created.
     Cases {
         /// Folder that holds cases.
@@ -83,6 +85,46 @@ struct FixArgs {
     /// Exit 1 when the scan after the fix still finds something at or above this.
     #[arg(long, default_value = "high")]
     fail_on: Severity,
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// Root directory of the machine (a container with the host's root at /host and hostPID: --root /host).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Seconds between light samples (/proc/stat, each process's stat, new processes).
+    #[arg(long, default_value_t = 5.0, value_parser = parse_interval)]
+    interval: f64,
+    /// Machine CPU busy share (%) that, held for --sustain, triggers a full scan.
+    #[arg(long, default_value_t = 70.0)]
+    cpu_threshold: f64,
+    /// Seconds the CPU must stay at or above --cpu-threshold before a full scan.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_interval)]
+    sustain: f64,
+    /// Seconds between deep scans (hidden-process sweep and module walk).
+    #[arg(long, default_value_t = 3600.0, value_parser = parse_seconds)]
+    deep_every: f64,
+    /// While findings are open, seconds between scans that can clear them.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_interval)]
+    recheck: f64,
+    /// CPU sample of each full scan, in seconds.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+    scan_interval: f64,
+    /// Address of the Prometheus endpoint (GET /metrics), or "none".
+    #[arg(long, default_value = "127.0.0.1:9745")]
+    metrics_addr: String,
+    /// Root-only folder that remembers what was reported (survives restarts).
+    #[arg(long, default_value = "/var/lib/quarry/watch")]
+    state_dir: PathBuf,
+    /// Findings below this severity are counted in metrics but not emitted as events.
+    #[arg(long, default_value = "low")]
+    min_severity: Severity,
+    /// Extra rules files (TOML, docs/RULES.md).
+    #[arg(long = "rules", value_name = "FILE")]
+    rules: Vec<PathBuf>,
+    /// YARA rule files or folders (repeatable), added to the built-in content signatures.
+    #[arg(long = "yara", value_name = "FILE|DIR")]
+    yara: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -136,6 +178,58 @@ fn user_signatures(
     Ok(Some(std::sync::Arc::new(s)))
 }
 
+/// A number of seconds up to a week (for --deep-every).
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(1.0..=604_800.0).contains(&v) {
+        return Err("must be between 1 and 604800 seconds".into());
+    }
+    Ok(v)
+}
+
+/// `quarry watch`: runs until SIGTERM or SIGINT, then exits 0.
+fn cmd_watch(a: &WatchArgs) -> anyhow::Result<u8> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let rules = load_rules(&a.rules)?;
+    let metrics_addr = match a.metrics_addr.as_str() {
+        "none" => None,
+        s => Some(
+            s.parse()
+                .map_err(|e| anyhow::anyhow!("--metrics-addr {s:?}: {e} (an IP:port, or none)"))?,
+        ),
+    };
+    let opts = quarry::watch::WatchOptions {
+        interval: Duration::from_secs_f64(a.interval.max(0.1)),
+        cpu_threshold: a.cpu_threshold,
+        sustain: Duration::from_secs_f64(a.sustain),
+        deep_every: Duration::from_secs_f64(a.deep_every),
+        recheck: Duration::from_secs_f64(a.recheck.max(1.0)),
+        scan_interval: Duration::from_secs_f64(a.scan_interval),
+        metrics_addr,
+        state_dir: a.state_dir.clone(),
+        min_severity: a.min_severity,
+        scan: ScanOptions {
+            signatures: user_signatures(&a.yara)?,
+            ..ScanOptions::default()
+        },
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    quarry::watch::run(
+        &Host::open(&a.root),
+        &rules,
+        &opts,
+        stop,
+        std::io::stdout().lock(),
+    )?;
+    Ok(0)
+}
+
 fn parse_interval(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
@@ -163,6 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rules { files } => cmd_rules(files),
         Command::Fix(a) => cmd_fix(a),
         Command::Restore { case, case_root } => cmd_restore(&case, &case_root),
+        Command::Watch(a) => cmd_watch(&a),
         Command::Cases { case_root } => {
             let lines = quarry::respond::cases(&case_root);
             if lines.is_empty() {
@@ -187,7 +282,7 @@ fn load_rules(files: &[PathBuf]) -> anyhow::Result<Rules> {
 /// `quarry scan`.
 fn cmd_scan(a: ScanArgs) -> anyhow::Result<u8> {
     let rules = load_rules(&a.rules)?;
-    let host = Host::new(&a.root);
+    let host = Host::open(&a.root);
     if !host.path("/proc/stat").exists() {
         anyhow::bail!(
             "{} has no proc/stat: not a Linux root directory (or /proc is not mounted there)",

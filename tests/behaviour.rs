@@ -45,8 +45,9 @@ fn fake_pool() -> u16 {
                     if line.contains("\"login\"") {
                         let blob = "0707".repeat(38);
                         let reply = format!(
-                            "{{\"id\":1,\"jsonrpc\":\"2.0\",\"error\":null,\"result\":{{\"id\":\"q1\",\"job\":{{\"blob\":\"{blob}\",\"job_id\":\"quarry-job-1\",\"target\":\"b88d0600\",\"algo\":\"rx/0\",\"height\":3100000,\"seed_hash\":\"{}\"}},\"status\":\"OK\"}}}}\n",
-                            "ab".repeat(32)
+                            "{{\"id\":1,\"jsonrpc\":\"2.0\",\"error\":null,\"result\":{{\"id\":\"q1\",\"job\":{{\"blob\":\"{blob}\",\"job_id\":\"quarry-job-1\",\"target\":\"b88d0600\",\"algo\":\"rx/0\",\"height\":3100000,\"{seed}\":\"{}\"}},\"status\":\"OK\"}}}}\n",
+                            "ab".repeat(32),
+                            seed = seed_field(),
                         );
                         let _ = w.write_all(reply.as_bytes());
                     }
@@ -56,6 +57,38 @@ fn fake_pool() -> u16 {
         }
     });
     port
+}
+
+/// Protocol words built at run time: this test's own executable must not hold
+/// the strings Quarry's signatures look for (when the project lives under
+/// /tmp, the test program itself is a process in a temporary place).
+fn seed_field() -> String {
+    ["seed", "hash"].join("_")
+}
+
+/// A comment line naming stratum methods and an algorithm table, as miner
+/// source code does (built at run time, see [`seed_field`]).
+fn miner_source_comment() -> String {
+    let methods: Vec<String> = ["subscribe", "authorize", "submit"]
+        .iter()
+        .map(|m| ["mining", m].join("."))
+        .collect();
+    let algos: Vec<String> = [
+        ("rx", "0"),
+        ("rx", "wow"),
+        ("cn", "r"),
+        ("cn", "half"),
+        ("argon2", "chukwa"),
+    ]
+    .iter()
+    .map(|(a, b)| [*a, *b].join("/"))
+    .collect();
+    format!(
+        "// {} \"{}\" {}\n",
+        methods.join(" "),
+        seed_field(),
+        algos.join(" ")
+    )
 }
 
 fn config(port: u16) -> String {
@@ -270,9 +303,7 @@ fn ordinary_busy_work_is_not_a_miner() {
     // A C++ compile of miner-like source with miner defines.
     let dir = std::path::Path::new("/tmp/quarry-build");
     std::fs::create_dir_all(dir).unwrap();
-    let mut src = String::from(
-        "// mining.subscribe mining.authorize mining.submit \"seed_hash\" rx/0 rx/wow cn/r cn/half argon2/chukwa\n",
-    );
+    let mut src = miner_source_comment();
     for i in 0..4000 {
         src.push_str(&format!(
             "template<int N> struct S{i} {{ static int f() {{ return N * {i} + S{i}<N-1>::f(); }} }};\ntemplate<> struct S{i}<0> {{ static int f() {{ return 0; }} }};\nint g{i}() {{ return S{i}<40>::f(); }}\n"
@@ -350,5 +381,88 @@ fn ordinary_busy_work_is_not_a_miner() {
         no_alarm("stress-ng --cpu", c);
     } else {
         eprintln!("SKIPPED stress-ng: not installed");
+    }
+}
+
+#[test]
+fn miner_in_its_own_namespaces_is_shown_with_them() {
+    sandboxed!("miner_in_its_own_namespaces_is_shown_with_them");
+    const EXE: &str = "/tmp/qns/m";
+    std::fs::create_dir_all("/tmp/qns").unwrap();
+    std::fs::copy(fakeminer(), EXE).unwrap();
+    std::fs::write("/tmp/qns/config.json", config(3333)).unwrap();
+    // A thread in a new network namespace: its loopback, a fake pool on
+    // 127.0.0.1:3333 there, and the miner started from it in a new PID
+    // namespace too (children inherit the thread's namespaces).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: only the network namespace of this thread changes; it
+        // shares no file-system state that NEWNET would split.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }.unwrap();
+        assert!(Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success());
+        let l = TcpListener::bind("127.0.0.1:3333").unwrap();
+        let child = Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                EXE,
+                "-c",
+                "/tmp/qns/config.json",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tx.send(child).unwrap();
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) > 0 {
+                let blob = "0707".repeat(38);
+                let _ = w.write_all(
+                    format!("{{\"id\":1,\"result\":{{\"job\":{{\"blob\":\"{blob}\",\"job_id\":\"j\"}}}}}}\n")
+                        .as_bytes(),
+                );
+            }
+            std::mem::forget(w); // keep the connection open
+        }
+    });
+    let mut child = rx.recv().unwrap();
+    let pid = wait_for(EXE);
+    std::thread::sleep(Duration::from_millis(700));
+    let s = scan(&["--interval", "1"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let f = s.miner(pid).unwrap_or_else(|| panic!("{:#}", s.json));
+    assert_eq!(f["severity"], "high", "{f:#}");
+    let pool = s.signal(pid, "pool-port");
+    assert!(
+        pool["detail"]
+            .as_str()
+            .unwrap()
+            .contains("network namespace net:["),
+        "{pool:#}"
+    );
+    let ns = f["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "namespace")
+        .unwrap_or_else(|| panic!("{f:#}"));
+    let v = ns["value"].as_str().unwrap();
+    assert!(
+        v.contains("NSpid") && v.contains(&format!("nsenter -t {pid} -n")),
+        "{v}"
+    );
+    for q in pids_running(EXE) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(q).unwrap(),
+            rustix::process::Signal::KILL,
+        );
     }
 }

@@ -347,3 +347,36 @@ fn packaged_preload_library_is_low() {
     );
     assert_eq!(f("/usr/local/lib/q/libdl-copy.so")["severity"], "high");
 }
+
+/// Issue 9: the real snoopy from Debian (`.ci/run` installs it; its debconf
+/// default leaves /etc/ld.so.preload alone) in /etc/ld.so.preload (an overlay
+/// in the sandbox) is low, with its package, and nothing is medium or above.
+#[test]
+fn snoopy_from_debian_in_ld_so_preload_is_low() {
+    sandboxed!("snoopy_from_debian_in_ld_so_preload_is_low");
+    let lib = [
+        "/lib/x86_64-linux-gnu/libsnoopy.so",
+        "/usr/lib/x86_64-linux-gnu/libsnoopy.so",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    let Some(lib) = lib else {
+        eprintln!("SKIPPED: snoopy is not installed (apt-get install snoopy)");
+        return;
+    };
+    std::fs::write("/etc/ld.so.preload", format!("{lib}\n")).unwrap();
+    let s = scan(&["--only", "preload,miner", "--interval", "0.5"]);
+    for f in s.findings() {
+        assert!(
+            !matches!(f["severity"].as_str(), Some("medium" | "high" | "critical")),
+            "snoopy raised {f:#}"
+        );
+    }
+    let f = s
+        .findings()
+        .iter()
+        .find(|f| f["rule"] == "rootkit.preload")
+        .unwrap_or_else(|| panic!("{:#}", s.json["findings"]));
+    assert_eq!(f["severity"], "low", "{f:#}");
+    assert!(f["title"].as_str().unwrap().contains("snoopy"), "{f:#}");
+}

@@ -64,6 +64,42 @@ pub fn wanted(r: &Region, exe_path: Option<&[u8]>) -> bool {
     exe_path.is_some_and(|e| r.path == e && r.perms[1] == b'w')
 }
 
+/// Where a process lives, when it is not where Quarry runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Namespaces {
+    /// Its network namespace (`net:[INODE]`) when it differs from Quarry's.
+    pub netns: Option<String>,
+    /// Its `NSpid` line (its PID in each nested PID namespace, outermost
+    /// first) when it is in a child PID namespace.
+    pub nspid: Option<String>,
+    /// Its container and systemd unit, from `/proc/PID/cgroup`.
+    pub container: Option<String>,
+    pub unit: Option<String>,
+}
+
+/// The namespaces of `pid` (live machine only: an offline root's namespace
+/// links mean nothing to this kernel).
+fn namespaces(host: &Host, pid: i32, own_net: Option<&[u8]>) -> Namespaces {
+    let mut ns = Namespaces::default();
+    if !host.is_live() {
+        return ns;
+    }
+    if let Ok(n) = host.read_link(format!("/proc/{pid}/ns/net")) {
+        if Some(n.as_slice()) != own_net {
+            ns.netns = Some(crate::escape::escape(&n));
+        }
+    }
+    if let Ok(st) = host.read_text(format!("/proc/{pid}/status")) {
+        ns.nspid = super::process::status_field(&st, "NSpid")
+            .filter(|v| v.split_whitespace().count() > 1)
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
+    if let Ok(cg) = host.read(format!("/proc/{pid}/cgroup")) {
+        (ns.unit, ns.container) = super::process::cgroup_context(&cg);
+    }
+    ns
+}
+
 /// What was found in one process.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Inspection {
@@ -82,6 +118,9 @@ pub struct Inspection {
     pub mem_skipped: Vec<String>,
     /// Miner configurations it reads.
     pub configs: Vec<MinerConfig>,
+    /// Its namespaces, when they are not Quarry's (a container's miner talks
+    /// to its pool from its own network namespace).
+    pub namespaces: Namespaces,
     /// What restarts it, linked by its exact executable (never by name):
     /// watchdog ancestors and start-up lines, in words.
     pub restarters: Vec<String>,
@@ -103,6 +142,7 @@ pub fn inspect(
 ) -> HashMap<i32, Inspection> {
     let mut out = HashMap::new();
     let mut packages: Option<super::packages::Packages> = None;
+    let own_net = host.read_link("/proc/self/ns/net").ok();
     let quarry_itself = host
         .is_live()
         .then(|| host.ident(b"/proc/self/exe"))
@@ -152,6 +192,7 @@ pub fn inspect(
             read_memory(host, sigs, *pid, mapped_exe, &mut ins);
         }
         ins.configs = minercfg::find(host, *pid, argv, exe_file);
+        ins.namespaces = namespaces(host, *pid, own_net.as_deref());
         ins.restarters = watchdogs(host, snap, *pid)
             .into_iter()
             .map(|(w, how)| {

@@ -30,7 +30,7 @@ use process::{ProcStat, Process, ReadError};
 use users::Users;
 
 /// Facts about the inspected machine.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HostInfo {
     pub hostname: String,
     pub kernel: String,
@@ -65,8 +65,9 @@ pub struct Timing {
     pub work_us: u64,
 }
 
-/// Everything [`sample`] learned.
-#[derive(Debug, Clone)]
+/// Everything [`sample`] learned (empty by default: `quarry watch` judges a
+/// new process on what it is, without a sample).
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub host: HostInfo,
     pub ticks_per_second: u64,

@@ -375,9 +375,96 @@ pub fn read_all_stats(host: &Host, pids: &[i32]) -> BTreeMap<i32, ProcStat> {
         .collect()
 }
 
+/// The first 12 characters of a container id, as `docker ps` shows it. Counted
+/// in characters, never bytes: a cgroup name is chosen by whoever created it.
+fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// The systemd unit and container of a process, from `/proc/PID/cgroup`.
+///
+/// Uses the v2 line (`0::/path`) or, on v1, the `name=systemd` hierarchy. The
+/// unit is the innermost `*.service` / `*.scope` / `*.slice` component; a
+/// container is recognised from docker, containerd, podman (libpod), LXC and
+/// Kubernetes path conventions.
+pub fn cgroup_context(text: &[u8]) -> (Option<String>, Option<String>) {
+    let text = String::from_utf8_lossy(text);
+    let mut path = None;
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(id), Some(ctl), Some(p)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if id == "0" && ctl.is_empty() && p != "/" {
+            path = Some(p.to_string());
+            break;
+        }
+        if ctl == "name=systemd" {
+            path = Some(p.to_string());
+        }
+    }
+    let Some(path) = path else {
+        return (None, None);
+    };
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let unit = comps
+        .iter()
+        .rev()
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+        .or_else(|| comps.iter().rev().find(|c| c.ends_with(".slice")))
+        .map(|c| crate::escape::escape(c.as_bytes()));
+    let mut container = None;
+    for (i, c) in comps.iter().enumerate() {
+        for (prefix, kind) in [
+            ("docker-", "docker"),
+            ("libpod-", "podman"),
+            ("cri-containerd-", "containerd"),
+        ] {
+            if let Some(id) = c
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix(".scope"))
+            {
+                container = Some(format!("{kind} {}", short_id(id)));
+            }
+        }
+        if (*c == "docker" || *c == "lxc" || *c == "lxc.payload") && i + 1 < comps.len() {
+            let id = comps[i + 1];
+            container = Some(format!(
+                "{} {}",
+                c.trim_end_matches(".payload"),
+                short_id(id)
+            ));
+        }
+        if let Some(name) = c.strip_prefix("lxc.payload.") {
+            container = Some(format!("lxc {name}"));
+        }
+        if c.starts_with("kubepods") && container.is_none() {
+            container = Some("kubernetes pod".into());
+        }
+    }
+    (unit, container.map(|c| crate::escape::escape(c.as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_units_and_containers() {
+        // Multibyte names (a delegated subtree) never split a character.
+        let (_, c) = cgroup_context("0::/docker/ééééééééééééé\n".as_bytes());
+        assert_eq!(c.as_deref(), Some("docker éééééééééééé"));
+        let (u, c) = cgroup_context(b"0::/system.slice/nginx.service\n");
+        assert_eq!(u.as_deref(), Some("nginx.service"));
+        assert!(c.is_none());
+        let (u, c) = cgroup_context(
+            b"12:pids:/x\n1:name=systemd:/system.slice/docker-0123456789abcdef.scope\n0::/\n",
+        );
+        assert_eq!(u.as_deref(), Some("docker-0123456789abcdef.scope"));
+        assert_eq!(c.as_deref(), Some("docker 0123456789ab"));
+        let (_, c) = cgroup_context(b"0::/lxc.payload.web1/init.scope\n");
+        assert_eq!(c.as_deref(), Some("lxc web1"));
+    }
 
     #[test]
     fn maps_and_status_fields() {

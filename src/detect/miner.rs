@@ -261,7 +261,16 @@ pub fn signals(snap: &Snapshot, rules: &Rules, p: &Process, conns: &[&net::Socke
     if !conns.is_empty() {
         let ind = rules.of(Kind::PoolPort).next();
         let list: Vec<String> = conns.iter().map(|s| s.remote_str()).collect();
-        let detail = format!("established TCP connection to {}", list.join(", "));
+        let mut detail = format!("established TCP connection to {}", list.join(", "));
+        if let Some(ns) = snap
+            .inspections
+            .get(&p.pid)
+            .and_then(|i| i.namespaces.netns.as_deref())
+        {
+            detail.push_str(&format!(
+                " in network namespace {ns}, not the host's (see the namespace evidence)"
+            ));
+        }
         sig.push(match ind {
             Some(ind) => from_indicator(ind, format!("{detail}: {}", ind.note)),
             None => signal("pool-port", 1, detail, "T1571"),
@@ -614,6 +623,30 @@ pub fn process_evidence(snap: &Snapshot, p: &Process) -> Vec<Evidence> {
                     c.path.display()
                 ),
             ));
+        }
+        let ns = &ins.namespaces;
+        if ns.netns.is_some() || ns.nspid.is_some() || ns.container.is_some() {
+            let mut parts = Vec::new();
+            if let Some(n) = &ns.netns {
+                parts.push(format!("network {n} (not the host's)"));
+            }
+            if let Some(inner) = &ns.nspid {
+                parts.push(format!(
+                    "PID {} inside its PID namespace (NSpid: {inner})",
+                    inner.split_whitespace().last().unwrap_or("?")
+                ));
+            }
+            if let Some(c) = &ns.container {
+                parts.push(format!("container {c}"));
+            }
+            if let Some(u) = &ns.unit {
+                parts.push(format!("unit {u}"));
+            }
+            parts.push(format!(
+                "check: nsenter -t {} -n ss -tnp; grep NSpid /proc/{}/status",
+                p.pid, p.pid
+            ));
+            ev.push(Evidence::new("namespace", parts.join("; ")));
         }
         for r in &ins.restarters {
             ev.push(Evidence::new("restarted by", r.clone()));

@@ -1,0 +1,305 @@
+//! Issue 12: `quarry watch` as a real process. A miner imitation appears: its
+//! `finding` line names its PID within two intervals (plus the scan's own
+//! sample); a real Prometheus (Debian's `prometheus`, when installed) scrapes
+//! the endpoint and sees `quarry_findings{rule="miner.process"}` go to 1 and
+//! back to 0; a restart with the miner still running does not report it
+//! again; the miner stops and `cleared` follows; SIGTERM ends it cleanly.
+//!
+//! Runs in its own mount and PID namespace (tests/common `sandboxed!`): the
+//! state folder is on an overlay, and the scans see only the test's
+//! processes. Network: 127.0.0.1 only.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+struct Watch {
+    child: Child,
+    lines: Receiver<Value>,
+    metrics_port: u16,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `quarry watch` serving metrics on `port` (the same port across a
+/// restart, as a scrape target stays the same).
+fn start_watch(port: u16) -> Watch {
+    let mut child = Command::new(QUARRY)
+        .args([
+            "watch",
+            "--interval",
+            "0.5",
+            "--scan-interval",
+            "0.5",
+            "--recheck",
+            "2",
+            "--metrics-addr",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).expect("no output");
+    assert_eq!(first["event"], "started", "{first}");
+    let msg = first["message"].as_str().unwrap();
+    let port = msg
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    Watch {
+        child,
+        lines: rx,
+        metrics_port: port,
+    }
+}
+
+/// The next event matching `want` within `timeout`; every event read is kept.
+fn wait_event(
+    w: &Watch,
+    timeout: Duration,
+    seen: &mut Vec<Value>,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match w.lines.recv_timeout(left) {
+            Ok(v) => {
+                seen.push(v.clone());
+                if want(&v) {
+                    return v;
+                }
+            }
+            Err(_) => panic!("event not seen in {timeout:?}; saw:\n{seen:#?}"),
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Debian's prometheus scraping `target` every second, if installed.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn prometheus(target: u16) -> Option<Prometheus> {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED the Prometheus part: prometheus is not installed (apt-get install prometheus)"
+        );
+        return None;
+    }
+    let dir = std::path::Path::new("/tmp/quarry-prom");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: quarry\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/prometheus/quarry-alerts.yml")
+                .display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Some(Prometheus { child, port })
+}
+
+/// Polls Prometheus's query API until `sum(query)` equals `want`.
+fn prom_until(p: &Prometheus, query: &str, want: f64, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    let q: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let mut last = String::new();
+    while Instant::now() < end {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", p.port)) {
+            let _ = write!(s, "GET /api/v1/query?query={q} HTTP/1.0\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if let Some(json) = body.split("\r\n\r\n").nth(1) {
+                if let Ok(v) = serde_json::from_str::<Value>(json) {
+                    let val = v["data"]["result"][0]["value"][1]
+                        .as_str()
+                        .and_then(|x| x.parse::<f64>().ok());
+                    if val == Some(want) {
+                        return;
+                    }
+                    last = json.to_string();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("Prometheus never answered {want} to {query}: {last}");
+}
+
+#[test]
+fn watch_reports_a_miner_once_clears_it_and_feeds_prometheus() {
+    sandboxed!("watch_reports_a_miner_once_clears_it_and_feeds_prometheus");
+    let port = free_port();
+    let w = start_watch(port);
+    let mut seen = Vec::new();
+    // The first scan runs at once.
+    wait_event(&w, Duration::from_secs(10), &mut seen, |v| {
+        v["event"] == "scan"
+    });
+    let prom = prometheus(w.metrics_port);
+    let metrics = http_get(w.metrics_port, "/metrics");
+    assert!(
+        metrics.contains("quarry_cpu_busy_ratio") && metrics.contains("quarry_build_info"),
+        "{metrics}"
+    );
+
+    // A miner appears.
+    let _bin = install_burner("/tmp/quarry-watch/xmrig");
+    let started = Instant::now();
+    let miner = start(Command::new("/tmp/quarry-watch/xmrig"));
+    let f = wait_event(&w, Duration::from_secs(10), &mut seen, |v| {
+        v["event"] == "finding" && v["finding"]["subject"]["pid"] == miner.pid
+    });
+    let latency = started.elapsed();
+    eprintln!("detection latency: {latency:?}");
+    // Two intervals (1 s) plus the scan's 0.5 s sample and its work.
+    assert!(latency < Duration::from_secs(3), "{latency:?}: {f}");
+    assert_eq!(f["finding"]["rule"], "miner.process");
+    assert_eq!(f["schema"], "quarry.watch-event");
+    if let Some(p) = &prom {
+        prom_until(
+            p,
+            "sum(quarry_findings{rule=\"miner.process\"})",
+            1.0,
+            Duration::from_secs(30),
+        );
+        let rules = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("deploy/prometheus/quarry-alerts.yml"),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            rules.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rules.stdout)
+        );
+    }
+
+    // A restart with the miner still running: no second finding.
+    drop(w);
+    let w = start_watch(port);
+    let mut seen2 = Vec::new();
+    wait_event(&w, Duration::from_secs(10), &mut seen2, |v| {
+        v["event"] == "scan"
+    });
+    assert!(
+        !seen2
+            .iter()
+            .any(|v| v["event"] == "finding" && v["finding"]["subject"]["pid"] == miner.pid),
+        "reported again after a restart: {seen2:#?}"
+    );
+
+    // The miner goes: cleared.
+    drop(miner);
+    wait_event(&w, Duration::from_secs(10), &mut seen2, |v| {
+        v["event"] == "cleared" && v["key"].as_str().unwrap_or("").contains("miner.process")
+    });
+    if let Some(p) = &prom {
+        prom_until(
+            p,
+            "sum(quarry_findings{rule=\"miner.process\"})",
+            0.0,
+            Duration::from_secs(30),
+        );
+    }
+
+    // SIGTERM: a clean exit.
+    let mut w = w;
+    let pid = rustix::process::Pid::from_raw(w.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let t = Instant::now();
+    loop {
+        if let Some(st) = w.child.try_wait().unwrap() {
+            assert!(st.success(), "{st:?}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
