@@ -45,6 +45,13 @@ enum Command {
     },
     /// Keep watching: light sampling, full scans on triggers, JSON lines and Prometheus metrics.
     Watch(WatchArgs),
+    /// Print the man page or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// man, bash, zsh or fish.
+        #[arg(value_enum)]
+        what: Generated,
+    },
     /// List the cases fixes created.
     Cases {
         /// Folder that holds cases.
@@ -85,6 +92,36 @@ struct FixArgs {
     /// Exit 1 when the scan after the fix still finds something at or above this.
     #[arg(long, default_value = "high")]
     fail_on: Severity,
+}
+
+/// What `quarry generate` prints.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Prints the man page (clap_mangen) or a shell's completions (clap_complete),
+/// generated from the same clap definitions as `--help`, so they never drift.
+fn cmd_generate(what: Generated) -> anyhow::Result<u8> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match what {
+        Generated::Man => clap_mangen::Man::new(cmd).render(&mut out)?,
+        Generated::Bash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "quarry", &mut out)
+        }
+        Generated::Zsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "quarry", &mut out)
+        }
+        Generated::Fish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "quarry", &mut out)
+        }
+    }
+    Ok(0)
 }
 
 #[derive(clap::Args)]
@@ -258,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Fix(a) => cmd_fix(a),
         Command::Restore { case, case_root } => cmd_restore(&case, &case_root),
         Command::Watch(a) => cmd_watch(&a),
+        Command::Generate { what } => cmd_generate(what),
         Command::Cases { case_root } => {
             let lines = quarry::respond::cases(&case_root);
             if lines.is_empty() {

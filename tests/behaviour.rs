@@ -102,23 +102,6 @@ fn fakeminer() -> std::path::PathBuf {
     compile("fakeminer", &["-pthread"])
 }
 
-/// PIDs whose executable is `path` (deleted or not).
-fn pids_running(path: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(l) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-            let l = l.to_string_lossy().into_owned();
-            if l == path || l == format!("{path} (deleted)") {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
 fn wait_for(path: &str) -> i32 {
     let t = Instant::now();
     loop {

@@ -25,23 +25,6 @@ const MINER: &str = "/tmp/quarry-fix-test/minerd";
 const CRON_D: &str = "/etc/cron.d/quarry-fix-test";
 const ROOT_CRONTAB: &str = "/var/spool/cron/crontabs/root";
 
-/// PIDs whose executable is `path` (deleted or not).
-fn pids_running(path: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(l) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-            let l = l.to_string_lossy().into_owned();
-            if l == path || l == format!("{path} (deleted)") {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
 /// Restores a file (or removes it) on drop, clearing chattr attributes first;
 /// kills anything still running the miner.
 struct Scenario {

@@ -303,3 +303,71 @@ fn watch_reports_a_miner_once_clears_it_and_feeds_prometheus() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The man page and completions come from the clap definitions; the systemd
+/// unit passes `systemd-analyze verify` (with ExecStart pointing at this
+/// build; `.ci/run` verifies the installed package's unit as shipped).
+#[test]
+fn man_page_completions_and_unit() {
+    let (code, out, err) = quarry(&["generate", "man"]);
+    assert_eq!(code, 0, "{err}");
+    let man = String::from_utf8(out).unwrap();
+    assert!(man.contains(".TH quarry") && man.contains("watch"), "{man}");
+    for sh in ["bash", "zsh", "fish"] {
+        let (code, out, err) = quarry(&["generate", sh]);
+        assert_eq!(code, 0, "{err}");
+        assert!(String::from_utf8_lossy(&out).contains("watch"), "{sh}");
+    }
+    let (code, out, _) = quarry(&["watch", "--help"]);
+    assert_eq!(code, 0);
+    let help = String::from_utf8(out).unwrap();
+    for opt in [
+        "--interval",
+        "--sustain",
+        "--deep-every",
+        "--metrics-addr",
+        "--state-dir",
+        "--cpu-threshold",
+    ] {
+        assert!(help.contains(opt), "{opt}: {help}");
+    }
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED systemd-analyze verify: systemd-analyze is not installed");
+        return;
+    }
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/systemd/quarry-watch.service"),
+    )
+    .unwrap();
+    let unit: String = unit
+        .lines()
+        .filter(|l| !l.starts_with("Documentation="))
+        .map(|l| {
+            if l.starts_with("ExecStart=") {
+                l.replace("/usr/bin/quarry", QUARRY)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quarry-watch.service");
+    std::fs::write(&path, unit).unwrap();
+    let v = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+}
