@@ -221,7 +221,31 @@ fn busy_loop_with_a_hidden_name_and_restarters_is_a_miner() {
     let f = s.miner(pid).unwrap_or_else(|| panic!("{:#}", s.json));
     assert_eq!(f["severity"], "high", "{f:#}");
     assert!(s.signal_ids(pid).iter().any(|i| i == "restarted"), "{f:#}");
-    fix_for_good(&format!("{pid},{CRON}"), EXE);
+
+    // Killed during a scan, it is back within the sample: the restart is seen.
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    });
+    let s = scan(&["--interval", "2.5"]);
+    killer.join().unwrap();
+    let again = *pids_running(EXE).first().expect("the watchdog restarts it");
+    assert_ne!(again, pid);
+    let f = s.miner(again).unwrap_or_else(|| panic!("{:#}", s.json));
+    let seen = f["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "restart seen")
+        .unwrap_or_else(|| panic!("no restart seen: {f:#}"));
+    assert!(
+        seen["value"].as_str().unwrap().contains("a restart"),
+        "{seen}"
+    );
+    fix_for_good(&format!("{again},{CRON}"), EXE);
 }
 
 #[test]

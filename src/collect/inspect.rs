@@ -124,6 +124,8 @@ pub struct Inspection {
     /// What restarts it, linked by its exact executable (never by name):
     /// watchdog ancestors and start-up lines, in words.
     pub restarters: Vec<String>,
+    /// The process was started during the sample by a linked watchdog.
+    pub restart_seen: Option<String>,
     /// The dpkg package that installed the executable's path, and whether the
     /// file still matches the package's checksum (`None`: no checksum
     /// recorded, or the executable was replaced since). Looked up only when
@@ -193,7 +195,24 @@ pub fn inspect(
         }
         ins.configs = minercfg::find(host, *pid, argv, exe_file);
         ins.namespaces = namespaces(host, *pid, own_net.as_deref());
-        ins.restarters = watchdogs(host, snap, *pid)
+        let dogs = watchdogs(host, snap, *pid);
+        // A restart seen during the sample: the process was not there at the
+        // first reading, and its parent is a watchdog that runs its exact
+        // executable and was there all along.
+        let new_here = snap
+            .first
+            .get(pid)
+            .is_none_or(|f| f.starttime != p.stat.starttime);
+        let parent_dog =
+            dogs.iter().any(|(w, _)| *w == p.stat.ppid) && snap.first.contains_key(&p.stat.ppid);
+        if new_here && parent_dog {
+            ins.restart_seen = Some(format!(
+                "PID {pid} started during the {:.1} s sample, by its watchdog PID {} which was running before it: a restart",
+                snap.elapsed.as_secs_f64(),
+                p.stat.ppid
+            ));
+        }
+        ins.restarters = dogs
             .into_iter()
             .map(|(w, how)| {
                 let name = snap
@@ -336,6 +355,7 @@ fn read_memory(host: &Host, sigs: &Signatures, pid: i32, exe: Option<&[u8]>, ins
         let place = super::signatures::Place::Memory {
             start: r.start,
             label: r.label(),
+            writable: r.perms[1] == b'w',
         };
         ins.mem_matches.extend(sigs.scan(&buf[..n], place));
     }

@@ -58,8 +58,14 @@ const SCAN_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Place {
     /// An executable file (offsets are file offsets).
     File,
-    /// A memory region starting at `start` (offsets become addresses).
-    Memory { start: u64, label: String },
+    /// A memory region starting at `start` (offsets become addresses);
+    /// `writable` regions hold data (heap, stack, buffers), the others code
+    /// and constants the process carries (unpacked code lands there).
+    Memory {
+        start: u64,
+        label: String,
+        writable: bool,
+    },
 }
 
 /// One rule that matched one buffer.
@@ -76,6 +82,8 @@ pub struct Match {
     pub string: String,
     pub data: String,
     pub at: String,
+    /// Found in writable process memory (data it holds or read, not code).
+    pub in_data: bool,
 }
 
 /// Compiled rules.
@@ -189,7 +197,7 @@ impl Signatures {
                     }
                     let at = match &place {
                         Place::File => format!("file offset {:#x}", m.range().start),
-                        Place::Memory { start, label } => {
+                        Place::Memory { start, label, .. } => {
                             format!("{:#x} ({label})", start + m.range().start as u64)
                         }
                     };
@@ -204,6 +212,7 @@ impl Signatures {
                 .cloned()
                 .unwrap_or_else(|| "built-in".into());
             out.push(Match {
+                in_data: matches!(place, Place::Memory { writable: true, .. }),
                 rule: r.identifier().to_string(),
                 origin,
                 weight,
@@ -236,6 +245,7 @@ mod tests {
         let mem = Place::Memory {
             start: 0x1000,
             label: "[heap]".into(),
+            writable: true,
         };
         assert_eq!(hits(job.as_bytes(), mem.clone()), ["quarry_stratum_job"]);
         // Source code names the fields but holds no blob: nothing.
@@ -260,6 +270,7 @@ mod tests {
         let mem = Place::Memory {
             start: 0,
             label: "anonymous".into(),
+            writable: false,
         };
         assert!(hits(b"-DXMRIG_ALGO_RANDOMX rx/0 cn/r", mem.clone()).is_empty());
         let table = b"\0rx/0\0rx/wow\0cn/r\0cn/half\0argon2/chukwa\0";

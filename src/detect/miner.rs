@@ -322,12 +322,21 @@ fn inspection_signals(p: &Process, ins: &Inspection, snap: &Snapshot, sig: &mut 
         .filter(|(_, ok)| *ok == Some(true))
         .map(|(name, _)| name.clone());
     let mut rules: Vec<&str> = Vec::new();
-    for m in ins.exe_matches.iter().chain(&ins.mem_matches) {
+    // Each rule once, shown by its best place: the file, then code or
+    // constants in memory, then data in memory.
+    let mut all: Vec<(u8, &crate::collect::signatures::Match)> = ins
+        .exe_matches
+        .iter()
+        .map(|m| (0, m))
+        .chain(ins.mem_matches.iter().map(|m| (1 + m.in_data as u8, m)))
+        .collect();
+    all.sort_by_key(|(rank, _)| *rank);
+    for (rank, m) in all {
         if rules.contains(&m.rule.as_str()) {
             continue;
         }
         rules.push(&m.rule);
-        let in_file = ins.exe_matches.iter().any(|x| x.rule == m.rule);
+        let in_file = rank == 0;
         let mut weight = m.weight;
         let mut detail = format!(
             "{} rule {} matched {} at {}: {} {}{}",
@@ -347,7 +356,15 @@ fn inspection_signals(p: &Process, ins: &Inspection, snap: &Snapshot, sig: &mut 
                 format!(" ({})", m.description)
             }
         );
-        if let (Some(pkg), false) = (&packaged, in_file) {
+        if m.in_data && !in_file && weight < MALICIOUS {
+            // Writable memory holds what the process built or read (a test
+            // harness writing miner-like text, an editor's buffer): only the
+            // strong rules, which need live pool data, count there.
+            weight = 0;
+            detail.push_str(
+                "; not counted: found in writable memory, data the process holds or read rather than code it carries",
+            );
+        } else if let (Some(pkg), false) = (&packaged, in_file) {
             if weight < MALICIOUS {
                 weight = 0;
                 detail.push_str(&format!(
@@ -421,8 +438,12 @@ fn inspection_signals(p: &Process, ins: &Inspection, snap: &Snapshot, sig: &mut 
             "restarted",
             3,
             format!(
-                "restarted by what runs its exact executable: {}",
-                ins.restarters.join("; ")
+                "restarted by what runs its exact executable: {}{}",
+                ins.restarters.join("; "),
+                ins.restart_seen
+                    .as_deref()
+                    .map(|r| format!("; {r}"))
+                    .unwrap_or_default()
             ),
             "T1496",
         ));
@@ -650,6 +671,9 @@ pub fn process_evidence(snap: &Snapshot, p: &Process) -> Vec<Evidence> {
         }
         for r in &ins.restarters {
             ev.push(Evidence::new("restarted by", r.clone()));
+        }
+        if let Some(r) = &ins.restart_seen {
+            ev.push(Evidence::new("restart seen", r.clone()));
         }
         if let Some((pkg, ok)) = &ins.exe_package {
             ev.push(Evidence::new(
