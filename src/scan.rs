@@ -488,7 +488,11 @@ fn flagged(
         name,
         exe,
         exe_id: host.ident(exe_link.as_bytes()),
-        sha256: host.sha256_of(exe_link.as_bytes()),
+        sha256: snap
+            .inspections
+            .get(&pid)
+            .and_then(|i| i.exe_sha256.clone())
+            .or_else(|| host.sha256_of(exe_link.as_bytes())),
         malicious,
     })
 }

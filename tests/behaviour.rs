@@ -136,16 +136,8 @@ fn plant_with_restarters(
 
 /// `fix --yes` scoped to `only`, then: nothing runs `exe` for 10 s.
 fn fix_for_good(only: &str, exe: &str) -> String {
-    let out = Command::new(QUARRY)
-        .args(["fix", "--yes", "--interval", "1", "--only", only])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "fix failed:\n{text}");
+    let (status, text) = fix(&["--yes", "--interval", "1", "--only", only], &[]);
+    assert!(status.success(), "fix failed:\n{text}");
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(10) {
         assert!(pids_running(exe).is_empty(), "{exe} runs again:\n{text}");

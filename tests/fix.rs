@@ -121,21 +121,6 @@ fn plant(s: &mut Scenario, immutable: bool) -> Vec<u8> {
     std::fs::read(MINER).unwrap()
 }
 
-fn fix(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
-    let out = Command::new(QUARRY)
-        .arg("fix")
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status, text)
-}
-
 /// Where cases go (the default; inside the sandbox it is an overlay).
 const CASES: &str = "/var/lib/quarry/cases";
 

@@ -107,6 +107,9 @@ pub struct Inspection {
     pub exe_matches: Vec<Match>,
     /// Bytes of the executable matched (0 if unreadable).
     pub exe_bytes: u64,
+    /// SHA-256 of the executable as read (when read whole), so that linking
+    /// start-up lines to it needs no second read.
+    pub exe_sha256: Option<String>,
     /// Why the executable was not matched, if it was not.
     pub exe_note: Option<String>,
     /// Signature matches in memory.
@@ -135,6 +138,9 @@ pub struct Inspection {
     pub took_us: u64,
 }
 
+/// What matching one executable gave: matches, bytes read, SHA-256.
+type ExeResult = (Vec<Match>, u64, Option<String>);
+
 /// Inspects the given processes of the snapshot.
 pub fn inspect(
     host: &Host,
@@ -150,7 +156,7 @@ pub fn inspect(
         .then(|| host.ident(b"/proc/self/exe"))
         .flatten();
     // Executables shared by several processes are matched once.
-    let mut exe_cache: HashMap<(u64, u64, u64), (Vec<Match>, u64)> = HashMap::new();
+    let mut exe_cache: HashMap<(u64, u64, u64), ExeResult> = HashMap::new();
     for pid in pids {
         let Some(p) = snap.processes.get(pid) else {
             continue;
@@ -177,14 +183,24 @@ pub fn inspect(
             continue;
         }
         if let Some(hit) = key.and_then(|k| exe_cache.get(&k)) {
-            (ins.exe_matches, ins.exe_bytes) = hit.clone();
+            (ins.exe_matches, ins.exe_bytes, ins.exe_sha256) = hit.clone();
         } else {
             match host.read_prefix(&exe_link, MAX_EXE) {
                 Ok(data) => {
                     ins.exe_matches = sigs.scan(&data, super::signatures::Place::File);
                     ins.exe_bytes = data.len() as u64;
+                    if data.len() < MAX_EXE {
+                        ins.exe_sha256 = Some(crate::collect::modules::sha256_hex(&data));
+                    }
                     if let Some(k) = key {
-                        exe_cache.insert(k, (ins.exe_matches.clone(), ins.exe_bytes));
+                        exe_cache.insert(
+                            k,
+                            (
+                                ins.exe_matches.clone(),
+                                ins.exe_bytes,
+                                ins.exe_sha256.clone(),
+                            ),
+                        );
                     }
                 }
                 Err(e) => ins.exe_note = Some(format!("{exe_link}: {e}")),

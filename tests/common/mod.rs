@@ -537,3 +537,19 @@ pub fn pids_running(path: &str) -> Vec<i32> {
     }
     out
 }
+
+/// Runs `quarry fix ARGS` with extra environment; its status and output.
+pub fn fix(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let out = Command::new(QUARRY)
+        .arg("fix")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
