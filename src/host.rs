@@ -150,6 +150,20 @@ impl Host {
         read_regular(&self.path(path), limit)
     }
 
+    /// Reads a kernel-generated list with [`read_kernel_file`] (fixed-size
+    /// `pread`s past short reads), as text. The flag says whether a read past
+    /// an early end of file found more.
+    pub fn read_kernel_text(&self, path: impl AsRef<Path>) -> io::Result<(String, bool)> {
+        let (bytes, resumed) = read_kernel_file(&self.path(path), MAX_READ)?;
+        Ok((
+            match String::from_utf8(bytes) {
+                Ok(s) => s,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            },
+            resumed,
+        ))
+    }
+
     /// True when Quarry runs in a child PID namespace: its `NSpid` line
     /// (proc(5)) lists one PID per namespace level, so more than one means it
     /// is not in the initial namespace.
@@ -332,6 +346,109 @@ impl std::fmt::Debug for FreshProc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FreshProc")
     }
+}
+
+/// A private instance of a kernel filesystem (`tracefs`, `debugfs`), mounted
+/// nowhere: like [`FreshProc`], a detached mount that exists only as Quarry's
+/// file descriptor. Used where the machine has none mounted (many servers
+/// mount neither), so that the kernel's own records of hooks can be read
+/// without changing the machine.
+pub struct PrivateMount {
+    fd: rustix::fd::OwnedFd,
+    fs_type: &'static str,
+}
+
+impl PrivateMount {
+    /// Mounts a read-only, detached instance of `fs_type` (root, Linux ≥ 5.2).
+    pub fn open(fs_type: &'static str) -> io::Result<PrivateMount> {
+        use rustix::mount::{
+            fsconfig_create, fsmount, fsopen, FsMountFlags, FsOpenFlags, MountAttrFlags,
+        };
+        let ctx = |e: rustix::io::Errno| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("a private {fs_type} mount (fsopen): {e}"),
+            )
+        };
+        let fs = fsopen(fs_type, FsOpenFlags::FSOPEN_CLOEXEC).map_err(ctx)?;
+        fsconfig_create(&fs).map_err(ctx)?;
+        let fd = fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_RDONLY
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC
+                | MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV,
+        )
+        .map_err(ctx)?;
+        Ok(PrivateMount { fd, fs_type })
+    }
+
+    /// The path of `rel` inside the mount (through `/proc/self/fd/N`).
+    pub fn path(&self, rel: &str) -> PathBuf {
+        use rustix::fd::AsRawFd;
+        PathBuf::from(format!(
+            "/proc/self/fd/{}/{}",
+            self.fd.as_raw_fd(),
+            rel.trim_start_matches('/')
+        ))
+    }
+
+    /// How evidence names a file read through it.
+    pub fn describe(&self, rel: &str) -> String {
+        format!("{} (a private {} mount)", rel, self.fs_type)
+    }
+}
+
+impl std::fmt::Debug for PrivateMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrivateMount({})", self.fs_type)
+    }
+}
+
+/// Chunk size of [`read_kernel_file`]: fixed, so that a hook that recognises
+/// readers by their buffer size sees nothing unusual (busybox and coreutils
+/// read 4 KiB to 128 KiB).
+pub const KERNEL_READ_CHUNK: usize = 16 * 1024;
+
+/// Reads a kernel-generated file (`/proc/vmallocinfo`, `/proc/kallsyms`,
+/// tracefs lists) with `pread` at explicit offsets in fixed-size chunks,
+/// continuing past short reads. An early end of file is tested once more
+/// with a one-page read at the same offset: a filter that ends a read where
+/// its own line would start is then read past. Returns the bytes and whether
+/// such a second read found more (evidence of a filter).
+pub fn read_kernel_file(path: &Path, limit: usize) -> io::Result<(Vec<u8>, bool)> {
+    let fd = open_regular(path, OFlags::empty())
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; KERNEL_READ_CHUNK];
+    let mut resumed = false;
+    let mut eagain = 0;
+    while out.len() < limit {
+        let want = KERNEL_READ_CHUNK.min(limit - out.len());
+        match rustix::io::pread(&fd, &mut buf[..want], out.len() as u64) {
+            Ok(0) => {
+                // One more, smaller read at the same offset.
+                match rustix::io::pread(&fd, &mut buf[..4096.min(want)], out.len() as u64) {
+                    Ok(n) if n > 0 => {
+                        resumed = true;
+                        out.extend_from_slice(&buf[..n]);
+                    }
+                    _ => break,
+                }
+            }
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) if eagain < 3 => eagain += 1,
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("{}: {e}", path.display()),
+                ))
+            }
+        }
+    }
+    Ok((out, resumed))
 }
 
 /// Parses a decimal PID from a directory name; `None` for anything else.

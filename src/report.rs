@@ -360,8 +360,20 @@ const GROUP_SHOWN: usize = 5;
 /// every other kind of finding, counted in words.
 pub fn verdict_line(r: &Report) -> (&'static str, String) {
     let sm = &r.summary;
-    let is_miner =
-        |f: &Finding| f.verdict.as_deref() == Some("malicious") && f.subject.pid.is_some();
+    // A process finding: a miner verdict on a process. A hidden process counts
+    // as a miner only when its other signals alone would make it one.
+    let is_miner = |f: &Finding| {
+        f.verdict.as_deref() == Some("malicious")
+            && f.subject.pid.is_some()
+            && (f.rule == "miner.process" || f.rule == "hidden.process")
+            && (f.rule != "hidden.process"
+                || f.signals
+                    .iter()
+                    .filter(|s| s.id != "hidden-process")
+                    .map(|s| s.weight)
+                    .sum::<u32>()
+                    >= crate::detect::miner::MALICIOUS)
+    };
     let miners = r.findings.iter().filter(|f| is_miner(f)).count();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut hidden_cpu = None;
@@ -380,6 +392,7 @@ pub fn verdict_line(r: &Report) -> (&'static str, String) {
             }
             "hidden.process" => "hidden process(es)",
             "hidden.socket" => "hidden connection(s)",
+            "kernel.hook" => "kernel hook(s)",
             "hidden.cpu" => {
                 hidden_cpu = Some(f);
                 continue;
@@ -391,10 +404,19 @@ pub fn verdict_line(r: &Report) -> (&'static str, String) {
     }
     let mut others: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
     if hidden_cpu.is_some() {
+        let (share, found) = r.cpu_accounting.as_ref().map_or((0.0, 0.0), |a| {
+            (
+                a.unexplained_percent + a.hidden_measured_percent,
+                a.hidden_measured_percent,
+            )
+        });
         others.insert(
             0,
-            "CPU used by no visible process: something hides it (a kernel rootkit is likely)"
-                .into(),
+            if found >= 0.5 * share && found > 0.0 {
+                format!("hidden processes use {share:.0}% of the CPU")
+            } else {
+                format!("something hides {share:.0}% of the CPU: a kernel rootkit is likely")
+            },
         );
     }
     let also = if others.is_empty() {

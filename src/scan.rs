@@ -8,7 +8,7 @@ use crate::collect::process::cgroup_context;
 use crate::collect::{self, process::Process, Snapshot};
 use crate::detect::{self, cpu::CpuVerdict, Finding, Severity};
 use crate::escape::{escape, escape_args};
-use crate::host::{FreshProc, Host};
+use crate::host::{FreshProc, Host, PrivateMount};
 use crate::rules::Rules;
 
 /// The checks a scan can run (`--only`).
@@ -57,6 +57,9 @@ pub struct ScanOptions {
     /// Content signatures compiled beforehand (built-in and `--yara`); when
     /// `None`, the built-in rules are compiled if some process needs them.
     pub signatures: Option<std::sync::Arc<collect::signatures::Signatures>>,
+    /// Read the rootkit views (the PID allocator over the whole range, the
+    /// scheduler's task list) even when nothing points at a rootkit.
+    pub deep: bool,
 }
 
 impl Default for ScanOptions {
@@ -73,6 +76,7 @@ impl Default for ScanOptions {
             walk_limits: Default::default(),
             pin_files: false,
             signatures: None,
+            deep: false,
         }
     }
 }
@@ -112,6 +116,33 @@ pub struct CensusSummary {
     pub orphan_unix_sockets: usize,
     pub probe_ms: f64,
     pub census_ms: f64,
+    /// The PID-allocator probe (clone3 set_tid), when it ran: PIDs asked,
+    /// PIDs held that nothing explains, milliseconds; or why it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocator: Option<AllocatorSummary>,
+    /// Where the scheduler's task list was read, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sched_source: Option<String>,
+    /// Functions with an ftrace callback (tracefs enabled_functions), if readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooked_functions: Option<usize>,
+    /// kprobes registered (debugfs kprobes/list), if readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kprobes: Option<usize>,
+    /// BPF programs loaded (bpf() BPF_PROG_GET_NEXT_ID), on the live host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_programs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocatorSummary {
+    /// Why it ran: `unexplained CPU`, `a kernel hook`, `--deep`.
+    pub reason: String,
+    pub probed: usize,
+    pub held_unexplained: usize,
+    pub ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_applicable: Option<String>,
 }
 
 /// The JSON schema name and version (docs/JSON-SCHEMA.md).
@@ -235,39 +266,151 @@ pub fn run_full(
     let mut confirm_sleep_us = 0;
     let mut cpu_accounting = None;
     let mut hidden_pids = Vec::new();
+    let mut hook_suspect = false;
     if on(Check::Hidden) {
         let fresh_host = fresh.as_ref().map(|f| f.host());
         let tc = Instant::now();
+        // The kernel's records of hooks: a few small files, every scan.
+        // tracefs and debugfs are mounted privately where the machine has none.
+        let live = host.is_live();
+        let tracefs = (live && !host.exists("/sys/kernel/tracing/enabled_functions"))
+            .then(|| PrivateMount::open("tracefs").ok())
+            .flatten();
+        let debugfs = (live && !host.exists("/sys/kernel/debug/sched"))
+            .then(|| PrivateMount::open("debugfs").ok())
+            .flatten();
+        let hooks = collect::hooks::read(host, tracefs.as_ref(), debugfs.as_ref());
+        let listed_modules: std::collections::BTreeSet<String> = host
+            .read_text("/proc/modules")
+            .map(|t| {
+                collect::modules::parse_proc_modules(&t)
+                    .into_keys()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut hook_findings = detect::hooks::findings(&hooks, &listed_modules);
         let census = collect::census::take(host, fresh_host);
-        let hidden = detect::hidden::find(host, fresh_host, &census, &snap);
-        hidden_pids = hidden.iter().map(|h| h.pid).collect();
-        findings.extend(detect::hidden::findings(&hidden, &snap, rules));
-        findings.extend(detect::hidden::socket_findings(
-            &census, rules, &hidden, host, fresh_host,
-        ));
-        let acc = detect::hidden::account(&snap);
+        let progs = collect::bpf::enumerate(host);
+        if progs.programs.iter().any(|p| !p.helpers.is_empty()) {
+            hook_findings.extend(bpf_findings(host, &progs, &census));
+        }
+        hook_suspect = !hook_findings.is_empty();
+        let mut acc = detect::hidden::account(&snap);
         // Inside a child PID namespace (a container), /proc/stat counts the
         // whole machine but only the namespace's processes are visible:
         // the comparison cannot tell hidden CPU from other containers'.
-        let nested = host.is_live() && host.in_child_pid_namespace();
+        let nested = live && host.in_child_pid_namespace();
         if nested {
             limitations.push(
                 "running inside a child PID namespace (a container): CPU used outside it cannot be told from hidden CPU, so the hidden-CPU check is not applicable; run Quarry in the host's PID namespace (hostPID) for it".into(),
             );
         }
-        // Below 0.2 s, tick granularity (10 ms) makes the comparison noise.
-        if !nested && acc.is_large() && snap.elapsed >= Duration::from_millis(200) {
-            // Confirm on a second, shorter sample before raising anything.
+        let big_enough = snap.elapsed >= Duration::from_millis(200);
+        // The costly rootkit views run when something points at a rootkit.
+        let reason = if opts.deep {
+            Some("--deep")
+        } else if !hook_findings.is_empty() {
+            Some("a kernel hook")
+        } else if !nested && big_enough && acc.is_large() {
+            Some("unexplained CPU")
+        } else {
+            None
+        };
+        let mut extra = detect::hidden::ExtraViews::default();
+        let mut allocator = None;
+        if let (Some(reason), true) = (reason, live) {
+            extra.sched = collect::sched::read(host, debugfs.as_ref()).ok();
+            let explained = detect::hidden::allocator_explained(&census, &snap);
+            let pids: Vec<i32> = (1..census.pid_max)
+                .filter(|p| !explained.contains(p))
+                .collect();
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            allocator = Some(match collect::pidalloc::probe(&pids, workers) {
+                Ok(a) => {
+                    extra.allocator_usable = true;
+                    extra.allocator_held = a.held.clone();
+                    AllocatorSummary {
+                        reason: reason.into(),
+                        probed: a.probed,
+                        held_unexplained: a.held.len(),
+                        ms: a.took.as_secs_f64() * 1e3,
+                        not_applicable: None,
+                    }
+                }
+                Err(e) => {
+                    limitations.push(format!(
+                        "the PID allocator could not be asked ({}): a task hidden from every list and lookup is found only through the CPU it uses",
+                        e.0
+                    ));
+                    AllocatorSummary {
+                        reason: reason.into(),
+                        probed: 0,
+                        held_unexplained: 0,
+                        ms: 0.0,
+                        not_applicable: Some(e.0),
+                    }
+                }
+            });
+        }
+        let mut hidden = detect::hidden::find(host, fresh_host, &census, &snap, &extra);
+        // Tasks every lookup denies: recover them from the scheduler's list.
+        if extra.sched.is_none() && live && hidden.iter().any(|h| h.process.is_none()) {
+            extra.sched = collect::sched::read(host, debugfs.as_ref()).ok();
+            if extra.sched.is_some() {
+                hidden = detect::hidden::find(host, fresh_host, &census, &snap, &extra);
+            }
+        }
+        hidden_pids = hidden.iter().map(|h| h.pid).collect();
+        // A second, shorter sample: confirms unexplained CPU, and measures
+        // what the hidden processes found use over it.
+        let confirm = !nested && acc.is_large() && big_enough;
+        if live && (confirm || !hidden.is_empty()) {
             let mut o = collect_opts.clone();
             o.interval = opts
                 .interval
                 .clamp(Duration::from_millis(500), Duration::from_secs(1));
             confirm_sleep_us = o.interval.as_micros() as u64;
-            if let Ok(snap2) = collect::sample(host, &o) {
-                let acc2 = detect::hidden::account(&snap2);
-                findings.extend(detect::hidden::cpu_finding(&acc, &acc2));
+            let need_sched = hidden.iter().any(|h| h.process.is_none());
+            let sched_now = || {
+                need_sched
+                    .then(|| {
+                        collect::sched::read(host, debugfs.as_ref())
+                            .ok()
+                            .map(|x| x.0)
+                    })
+                    .flatten()
+            };
+            let ticks = snap.ticks_per_second;
+            let s0 = sched_now();
+            let before: Vec<Option<f64>> = hidden
+                .iter()
+                .map(|h| detect::hidden::cpu_seconds(host, fresh_host, s0.as_ref(), h, ticks))
+                .collect();
+            let t0 = Instant::now();
+            let snap2 = collect::sample(host, &o);
+            let s1 = sched_now();
+            let after: Vec<Option<f64>> = hidden
+                .iter()
+                .map(|h| detect::hidden::cpu_seconds(host, fresh_host, s1.as_ref(), h, ticks))
+                .collect();
+            let secs = t0.elapsed().as_secs_f64();
+            let share =
+                detect::hidden::attribute(&mut hidden, &before, &after, secs, snap.host.cpus);
+            acc.attribute_hidden(share);
+            if confirm {
+                if let Ok(snap2) = snap2 {
+                    let mut acc2 = detect::hidden::account(&snap2);
+                    acc2.attribute_hidden(share);
+                    findings.extend(detect::hidden::cpu_finding(&acc, &acc2, &hidden));
+                }
             }
         }
+        findings.extend(detect::hidden::findings(&hidden, &snap, rules));
+        findings.extend(detect::hidden::socket_findings(
+            &census, rules, &hidden, host, fresh_host,
+        ));
+        findings.extend(hook_findings);
+        limitations.extend(hooks.notes.iter().cloned());
         if !census.probed {
             limitations.push(
             "system-call probes of the PID space were skipped (offline root): hidden processes are found only from cgroup and children lists".into(),
@@ -286,6 +429,11 @@ pub fn run_full(
             orphan_unix_sockets: census.orphan_unix,
             probe_ms: census.probe_time.as_secs_f64() * 1e3,
             census_ms: census.total_time.as_secs_f64() * 1e3,
+            allocator,
+            sched_source: extra.sched.as_ref().map(|(_, s)| s.clone()),
+            hooked_functions: hooks.enabled.as_ref().map(Vec::len),
+            kprobes: hooks.kprobes.as_ref().map(Vec::len),
+            bpf_programs: host.is_live().then_some(progs.programs.len()),
         });
         cpu_accounting = Some(acc);
         census_us = tc.elapsed().as_micros() as u64;
@@ -311,7 +459,7 @@ pub fn run_full(
                 "the module-file walk was cut short ({t}); narrow it with --module-path"
             ));
         }
-        let loaded = collect::modules::read_loaded(host);
+        let loaded = collect::modules::read_loaded(host, hook_suspect);
         if let Some(r) = &loaded.reason {
             limitations.push(r.clone());
         }
@@ -446,6 +594,48 @@ pub fn run_full(
         timing,
     };
     Ok((report, snap))
+}
+
+/// Findings for BPF programs that call rootkit helpers, with the processes
+/// holding them and the kernel's own warnings about them.
+fn bpf_findings(
+    host: &Host,
+    progs: &collect::bpf::Programs,
+    census: &collect::census::Census,
+) -> Vec<Finding> {
+    let pids: Vec<i32> = census.listed.iter().copied().collect();
+    let holders: std::collections::BTreeMap<u32, Vec<detect::hooks::Holder>> =
+        collect::bpf::holders(host, &pids)
+            .into_iter()
+            .map(|(id, list)| {
+                let hs = list
+                    .into_iter()
+                    .map(|(pid, fd)| {
+                        let p = Process::read(host, pid);
+                        detect::hooks::Holder {
+                            pid,
+                            fd,
+                            name: p.as_ref().map(|p| escape(p.name())).unwrap_or_default(),
+                            exe: p
+                                .as_ref()
+                                .and_then(|p| p.exe.as_ref().ok().map(|e| escape(&e.link)))
+                                .unwrap_or_else(|| "?".into()),
+                        }
+                    })
+                    .collect();
+                (id, hs)
+            })
+            .collect();
+    let warnings: Vec<String> = collect::modules::read_kmsg(host)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| l.contains("bpf_probe_write_user") || l.contains("bpf_override_return"))
+        .collect();
+    let uptime = host
+        .read_text("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok());
+    detect::hooks::bpf_findings(progs, &holders, &warnings, uptime)
 }
 
 /// Processes whose content is inspected: any miner signal, or at least

@@ -218,6 +218,22 @@ pub fn affinity_probe(pid: i32) -> bool {
     r == 0 || Errno::from_raw_os_error(errno()) == Errno::PERM
 }
 
+/// True if `pidfd_open(pid)` finds a task (Linux 5.3+; ENOSYS counts as
+/// not answering).
+pub fn pidfd_probe(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: pidfd_open takes a PID and flags; the descriptor is closed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::close(fd as i32) };
+        return true;
+    }
+    false
+}
+
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }

@@ -4,8 +4,10 @@
 //! every `/proc/PID/stat`) and a full one (adds command lines, executables,
 //! owners, sockets). CPU shares are the differences between the two.
 
+pub mod bpf;
 pub mod census;
 pub mod cpu;
+pub mod hooks;
 pub mod inspect;
 pub mod minercfg;
 pub mod modules;
@@ -13,8 +15,10 @@ pub mod mounts;
 pub mod net;
 pub mod packages;
 pub mod persistence;
+pub mod pidalloc;
 pub mod preload;
 pub mod process;
+pub mod sched;
 pub mod signatures;
 pub mod users;
 

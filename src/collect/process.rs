@@ -31,6 +31,11 @@ pub struct ProcStat {
     pub state: char,
     /// (4) ppid
     pub ppid: i32,
+    /// (5) pgrp: a process group keeps its PID held in the kernel's PID
+    /// allocator after its leader exits
+    pub pgrp: i32,
+    /// (6) session: likewise
+    pub session: i32,
     /// (9) flags (PF_*)
     pub flags: u32,
     /// (14) utime, clock ticks, all threads
@@ -87,6 +92,8 @@ pub fn parse_stat(buf: &[u8]) -> Option<ProcStat> {
         comm,
         state: f.first()?.chars().next()?,
         ppid: int(4)? as i32,
+        pgrp: int(5)? as i32,
+        session: int(6)? as i32,
         flags: num(9)? as u32,
         utime: num(14)?,
         stime: num(15)?,

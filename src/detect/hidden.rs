@@ -15,8 +15,9 @@ use serde::Serialize;
 use super::{miner, Evidence, Finding, Severity, Signal, Subject, Technique};
 use crate::collect::census::{self, Census};
 use crate::collect::process::Process;
+use crate::collect::sched::SchedTask;
 use crate::collect::Snapshot;
-use crate::escape::escape;
+use crate::escape::{escape, escape_str};
 use crate::host::Host;
 use crate::rules::Rules;
 
@@ -41,18 +42,84 @@ pub struct Hidden {
     pub seen_by: Vec<String>,
     /// Views that did not.
     pub missed_by: Vec<String>,
+    /// Lookups by PID that denied it while a view still showed it: the
+    /// lies of a system-call hook (empty for hiding that only filters lists).
+    pub denied_by: Vec<String>,
     /// Thread IDs of it that answered probes.
     pub threads: Vec<i32>,
     /// What could be read of it, and how.
     pub process: Option<Process>,
     pub read_via: &'static str,
+    /// The scheduler's line for it, when every lookup by PID is denied.
+    pub sched: Option<SchedTask>,
     pub notes: Vec<Evidence>,
     /// Mount points over its /proc entry.
     pub mounts: Vec<String>,
+    /// CPU over Quarry's measurement, % of one CPU, and the seconds measured.
+    pub cpu: Option<(f64, f64)>,
+}
+
+/// Views beyond the census that Quarry reads when something points at a
+/// kernel rootkit (unexplained CPU, a hook, a hidden module, `--deep`).
+#[derive(Debug, Clone, Default)]
+pub struct ExtraViews {
+    /// The scheduler's task list (debugfs `sched/debug`) and where it was read.
+    pub sched: Option<(BTreeMap<i32, SchedTask>, String)>,
+    /// PIDs the kernel's allocator holds that no listing, thread list,
+    /// process group or session explains.
+    pub allocator_held: Vec<i32>,
+    /// Whether the allocator can be asked again (root, x86-64, Linux ≥ 5.5).
+    pub allocator_usable: bool,
+}
+
+/// PIDs the allocator may hold without a task of that PID being hidden:
+/// every listed process and thread, and every process group and session ID
+/// in use (a group keeps its PID after its leader exits). Quarry's own
+/// probe helpers come and go: their PIDs are above `me`'s and re-checked.
+pub fn allocator_explained(census: &Census, snap: &Snapshot) -> BTreeSet<i32> {
+    let mut out: BTreeSet<i32> = census.listed.iter().copied().collect();
+    out.extend(census.tasks.keys().copied());
+    for s in snap.first.values() {
+        out.insert(s.pgrp);
+        out.insert(s.session);
+    }
+    for p in snap.processes.values() {
+        out.insert(p.stat.pgrp);
+        out.insert(p.stat.session);
+    }
+    out
+}
+
+/// The lookups by PID that deny `pid` now, by name.
+pub fn denials(host: &Host, fresh: Option<&Host>, pid: i32) -> Vec<&'static str> {
+    let mut d = Vec::new();
+    let readable = host.exists(format!("/proc/{pid}/stat"))
+        || fresh.is_some_and(|f| f.exists(format!("/proc/{pid}/stat")));
+    if !readable {
+        d.push("/proc/PID");
+    }
+    for (name, ok) in [
+        ("kill", census::kill_probe(pid)),
+        ("getpgid", census::getpgid_probe(pid)),
+        ("getsid", census::getsid_probe(pid)),
+        ("sched_getaffinity", census::affinity_probe(pid)),
+        ("pidfd_open", census::pidfd_probe(pid)),
+    ] {
+        if !ok {
+            d.push(name);
+        }
+    }
+    d
 }
 
 /// Finds hidden processes. `fresh` is a private procfs view (if mounted).
-pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot) -> Vec<Hidden> {
+pub fn find(
+    host: &Host,
+    fresh: Option<&Host>,
+    census: &Census,
+    snap: &Snapshot,
+    extra: &ExtraViews,
+) -> Vec<Hidden> {
     let mut out = Vec::new();
     let live = host.is_live();
     let relisted: BTreeSet<i32> = host
@@ -61,33 +128,88 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
         .into_iter()
         .collect();
 
-    // 1. PIDs that some view sees but no listing accounts for. Checked twice,
-    // RECHECK_DELAY apart: a task that is being created or is exiting (a
-    // thread between its last probe answer and its release, Quarry's own probe
-    // threads among them) must not be reported.
+    // 1. PIDs that some view sees but no listing accounts for, and listed
+    // PIDs that cannot be opened. Checked twice, RECHECK_DELAY apart: a task
+    // that is being created or is exiting (a thread between its last probe
+    // answer and its release, Quarry's own probe threads among them) must not
+    // be reported.
+    //
+    // A task that every lookup by PID denies (`/proc/PID`, kill, getpgid)
+    // is not taken for an exited one while a kernel list still shows it on a
+    // re-read: a rootkit that hooks those calls makes exactly them lie.
     let me = std::process::id() as i32;
-    let still_hidden = |pid: i32, relisted: &BTreeSet<i32>| -> Option<i32> {
+    let readable_tgid =
+        |pid: i32| read_tgid(host, pid).or_else(|| fresh.and_then(|f| read_tgid(f, pid)));
+    let still_seen = |pid: i32, relisted: &BTreeSet<i32>| -> bool {
         if relisted.contains(&pid) {
-            return None; // born during the census: listed now
+            return true;
         }
-        let tgid = read_tgid(host, pid).or_else(|| fresh.and_then(|f| read_tgid(f, pid)));
-        if live && tgid.is_none() && !census::kill_probe(pid) && !census::getpgid_probe(pid) {
-            return None; // exited meanwhile
+        if let Some(parent) = census.children.get(&pid) {
+            let alive = *parent == 1 || census::kill_probe(*parent) || relisted.contains(parent);
+            if alive && children_of(host, *parent).contains(&pid) {
+                return true;
+            }
         }
-        let tgid = tgid.unwrap_or(pid);
-        if tgid == me {
-            return None; // one of Quarry's own threads
+        if let Some(path) = census.cgroup.get(&pid) {
+            if host.read_text(path).is_ok_and(|t| {
+                t.split_ascii_whitespace()
+                    .any(|w| w.parse::<i32>().ok() == Some(pid))
+            }) {
+                return true;
+            }
         }
-        if tgid != pid && (relisted.contains(&tgid) || census.listed.contains(&tgid)) {
-            return None; // a thread created after its (visible) process's task list was read
-        }
-        if live && !census::kill_probe(pid) && !census::getpgid_probe(pid) {
-            return None;
-        }
-        Some(tgid)
+        extra.allocator_usable
+            && crate::collect::pidalloc::probe(&[pid], 1).is_ok_and(|a| a.held.contains(&pid))
     };
+    let still_hidden = |pid: i32, relisted: &BTreeSet<i32>| -> Option<i32> {
+        let tgid = readable_tgid(pid);
+        if relisted.contains(&pid) && tgid.is_some() {
+            return None; // listed and readable: born during the census
+        }
+        match tgid {
+            Some(tgid) => {
+                if tgid == me {
+                    return None; // one of Quarry's own threads
+                }
+                if tgid != pid && (relisted.contains(&tgid) || census.listed.contains(&tgid)) {
+                    return None; // a thread created after its (visible) process's task list was read
+                }
+                Some(tgid)
+            }
+            None if !live => Some(pid),
+            None => {
+                if census::kill_probe(pid) || census::getpgid_probe(pid) {
+                    return Some(pid); // unreadable, but the probes answer
+                }
+                // Every call denies it: a lie, or an exit. The views decide.
+                still_seen(pid, relisted).then_some(pid)
+            }
+        }
+    };
+    let mut unaccounted = census.unaccounted();
+    // Listed, but /proc/PID cannot be opened (a lookup hook, not a filter).
+    let tgids: BTreeSet<i32> = census.tasks.values().copied().collect();
+    for &pid in &census.listed {
+        if !tgids.contains(&pid)
+            && !snap.processes.contains_key(&pid)
+            && relisted.contains(&pid)
+            && readable_tgid(pid).is_none()
+        {
+            unaccounted.entry(pid).or_default().push("/proc listing");
+        }
+    }
+    if let Some((tasks, _)) = &extra.sched {
+        for &pid in tasks.keys() {
+            if pid > 0 && !census.listed.contains(&pid) && !census.tasks.contains_key(&pid) {
+                unaccounted.entry(pid).or_default().push("sched/debug");
+            }
+        }
+    }
+    for &pid in &extra.allocator_held {
+        unaccounted.entry(pid).or_default().push("PID allocator");
+    }
     let mut candidates: Vec<(i32, Vec<&'static str>, i32)> = Vec::new();
-    for (pid, views) in census.unaccounted() {
+    for (pid, views) in unaccounted {
         if live && !relisted.is_empty() && views.iter().all(|v| *v == "proc-mount") {
             continue; // a mount point named like a PID that does not exist
         }
@@ -112,16 +234,28 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
     }
     for (tgid, (views, ids)) in by_tgid {
         let mut seen: Vec<String> = views.iter().map(|v| v.to_string()).collect();
-        let mut missed = vec!["/proc listing (ps, top)".to_string()];
+        let mut missed = Vec::new();
+        if !views.contains("/proc listing") {
+            missed.push("/proc listing (ps, top)".to_string());
+        }
+        let denied: Vec<String> = if live {
+            denials(host, fresh, tgid)
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        };
         if live {
-            for (name, ok) in [
-                ("getsid", census::getsid_probe(tgid)),
-                ("sched_getaffinity", census::affinity_probe(tgid)),
+            for name in [
+                "kill",
+                "getpgid",
+                "getsid",
+                "sched_getaffinity",
+                "pidfd_open",
             ] {
-                if ok {
+                if !denied.iter().any(|d| d == name) && !seen.iter().any(|s| s == name) {
                     seen.push(name.into());
-                } else {
-                    missed.push(name.into());
                 }
             }
         }
@@ -134,17 +268,21 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
                     "direct open of /proc/PID (not listed, but readable)",
                 )
             }
-            None => {
-                missed.push("direct /proc/PID/stat".into());
-                match fresh.and_then(|f| Process::read(f, tgid)) {
-                    Some(mut p) => {
-                        p.recovered = true;
-                        (Some(p), "a private procfs mounted by Quarry")
-                    }
-                    None => (None, "nothing could be read"),
+            None => match fresh.and_then(|f| Process::read(f, tgid)) {
+                Some(mut p) => {
+                    p.recovered = true;
+                    (Some(p), "a private procfs mounted by Quarry")
                 }
-            }
+                None => (None, "nothing could be read through /proc"),
+            },
         };
+        let sched = extra
+            .sched
+            .as_ref()
+            .and_then(|(t, _)| t.get(&tgid).cloned());
+        if sched.is_some() && !seen.iter().any(|s| s == "sched/debug") {
+            seen.push("sched/debug".into());
+        }
         let mut notes = Vec::new();
         if let Some(parent) = census.children.get(&tgid) {
             notes.push(Evidence::new(
@@ -158,16 +296,52 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
                 format!("listed in {}", escape(path.as_bytes())),
             ));
         }
+        if let (Some(t), Some((_, src))) = (&sched, &extra.sched) {
+            notes.push(Evidence::new(
+                "scheduler",
+                format!(
+                    "{} \"{}\" state {}{}{} ({})",
+                    t.pid,
+                    escape(&t.comm),
+                    t.state,
+                    t.cpu.map_or(String::new(), |c| format!(" on CPU {c}")),
+                    t.sum_exec_ms.map_or(String::new(), |ms| format!(
+                        ", {:.1} s of CPU since it started",
+                        ms / 1e3
+                    )),
+                    escape_str(src)
+                ),
+            ));
+        }
+        if extra.allocator_held.contains(&tgid) {
+            notes.push(Evidence::new(
+                "PID allocator",
+                format!("held by the kernel (clone3 with set_tid {tgid} answers EEXIST), denied by every lookup"),
+            ));
+        }
+        if process.is_none() {
+            notes.push(Evidence::new(
+                "not recovered",
+                if sched.is_some() {
+                    "executable, command line, owner, open files and sockets: every way to them goes through a lookup by PID, which is denied"
+                } else {
+                    "name, executable, command line, owner: every lookup by PID is denied and no scheduler view was readable"
+                },
+            ));
+        }
         let threads: Vec<i32> = ids.into_iter().filter(|i| *i != tgid).collect();
         out.push(Hidden {
             pid: tgid,
             seen_by: seen,
             missed_by: missed,
+            denied_by: denied,
             threads,
             process,
             read_via,
+            sched,
             notes,
             mounts: vec![],
+            cpu: None,
         });
     }
 
@@ -228,6 +402,9 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
             .collect();
         out.push(Hidden {
             pid,
+            denied_by: vec![],
+            sched: None,
+            cpu: None,
             mounts,
             seen_by: seen,
             missed_by: vec!["/proc/PID contents (ps, top read /proc/PID/stat)".into()],
@@ -240,6 +417,23 @@ pub fn find(host: &Host, fresh: Option<&Host>, census: &Census, snap: &Snapshot)
             process,
             notes,
         });
+    }
+    out
+}
+
+/// The children lists of every thread of `parent`, re-read now.
+fn children_of(host: &Host, parent: i32) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    for tid in host
+        .list_pids(format!("/proc/{parent}/task"))
+        .unwrap_or_default()
+    {
+        if let Ok(t) = host.read_text(format!("/proc/{parent}/task/{tid}/children")) {
+            out.extend(
+                t.split_ascii_whitespace()
+                    .filter_map(|w| w.parse::<i32>().ok()),
+            );
+        }
     }
     out
 }
@@ -270,13 +464,28 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
                 Evidence::new("pid", h.pid.to_string()),
                 Evidence::new("seen by", h.seen_by.join(", ")),
                 Evidence::new("missed by", h.missed_by.join(", ")),
-                Evidence::new("read via", h.read_via),
             ];
+            if !h.denied_by.is_empty() {
+                evidence.push(Evidence::new(
+                    "denied by",
+                    format!(
+                        "{} (each answers \"no such process\" while a kernel list still shows it: a system-call hook lies)",
+                        h.denied_by.join(", ")
+                    ),
+                ));
+            }
+            evidence.push(Evidence::new("read via", h.read_via));
             if !h.threads.is_empty() {
                 let t: Vec<String> = h.threads.iter().map(i32::to_string).collect();
                 evidence.push(Evidence::new("threads", t.join(" ")));
             }
             evidence.extend(h.notes.iter().cloned());
+            if let Some((pct, secs)) = h.cpu {
+                evidence.push(Evidence::new(
+                    "cpu",
+                    format!("{pct:.1}% of one CPU over {secs:.2} s measured by Quarry"),
+                ));
+            }
             let mut name = None;
             let mut path = None;
             let mut remedies: Vec<super::Remedy> = h
@@ -288,7 +497,9 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
                 .collect();
             if let Some(p) = &h.process {
                 let mut p = p.clone();
-                if p.cpu_percent == 0.0 && !snap.processes.contains_key(&p.pid) {
+                if let Some((pct, _)) = h.cpu {
+                    p.cpu_percent = pct;
+                } else if p.cpu_percent == 0.0 && !snap.processes.contains_key(&p.pid) {
                     p.cpu_percent = lifetime_cpu(snap, &p);
                     evidence.push(Evidence::new(
                         "cpu",
@@ -307,7 +518,20 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
                 remedies.extend(miner::process_remedies(&p));
                 name = Some(escape(p.name()));
                 path = p.exe.as_ref().ok().map(|e| escape(&e.link));
+            } else if let Some(t) = &h.sched {
+                name = Some(escape(&t.comm));
             }
+            let pid = h.pid;
+            evidence.push(Evidence::new(
+                "check by hand",
+                if h.denied_by.is_empty() {
+                    format!("ls /proc | grep -x {pid} (absent); cat /proc/{pid}/stat (readable)")
+                } else {
+                    format!(
+                        "cat /proc/*/task/*/children | tr ' ' '\\n' | grep -x {pid}; kill -0 {pid} (No such process); mount -t debugfs none /sys/kernel/debug; grep -E ' {pid} ' /sys/kernel/debug/sched/debug"
+                    )
+                },
+            ));
             let score = signals.iter().map(|s| s.weight).sum();
             let mut techniques: Vec<Technique> = Vec::new();
             for s in &signals {
@@ -320,7 +544,15 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
                 rule: "hidden.process".into(),
                 severity: Severity::Critical,
                 verdict: Some("malicious".into()),
-                title: if h.mounts.is_empty() {
+                title: if !h.denied_by.is_empty() && h.process.is_none() {
+                    format!(
+                        "PID {} {}is hidden by a kernel hook: {} still show it, but {} deny it",
+                        h.pid,
+                        name.as_ref().map_or(String::new(), |n| format!("\"{n}\" ")),
+                        h.seen_by.join(", "),
+                        h.denied_by.join(", ")
+                    )
+                } else if h.mounts.is_empty() {
                     format!(
                         "PID {} {}is hidden from ps and top (seen by {})",
                         h.pid,
@@ -418,6 +650,10 @@ pub struct CpuAccounting {
     pub recovered_percent: f64,
     /// kernel − visible − recovered, %.
     pub unexplained_percent: f64,
+    /// The part of `recovered_percent` used by hidden processes Quarry found
+    /// outside every procfs listing (measured through their `/proc/PID/stat`
+    /// or the scheduler's task list): CPU still hidden from ps and top.
+    pub hidden_measured_percent: f64,
     /// Root cgroup usage over the interval, % of all CPUs, and its file.
     pub cgroup_percent: Option<f64>,
     pub cgroup_file: Option<String>,
@@ -431,7 +667,15 @@ pub struct CpuAccounting {
 impl CpuAccounting {
     /// True when the unexplained share exceeds what races and exits explain.
     pub fn is_large(&self) -> bool {
-        self.unexplained_percent >= self.alert_percent
+        self.unexplained_percent + self.hidden_measured_percent >= self.alert_percent
+    }
+
+    /// Books the CPU Quarry measured for hidden processes (% of all CPUs)
+    /// to them instead of to nothing.
+    pub fn attribute_hidden(&mut self, percent_of_all: f64) {
+        self.hidden_measured_percent += percent_of_all;
+        self.recovered_percent += percent_of_all;
+        self.unexplained_percent -= percent_of_all;
     }
 }
 
@@ -490,20 +734,80 @@ pub fn account(snap: &Snapshot) -> CpuAccounting {
         visible_percent: visible,
         recovered_percent: recovered,
         unexplained_percent: kernel_pct - visible - recovered,
+        hidden_measured_percent: 0.0,
         cgroup_percent,
         cgroup_file: snap.cgroup_usage.as_ref().map(|(_, _, f)| f.clone()),
     }
 }
 
+/// CPU seconds a hidden process has used so far: its `stat` when readable
+/// (directly or through the private procfs), else the scheduler's `sum-exec`
+/// of it and its threads.
+pub fn cpu_seconds(
+    host: &Host,
+    fresh: Option<&Host>,
+    sched: Option<&BTreeMap<i32, SchedTask>>,
+    h: &Hidden,
+    ticks_per_second: u64,
+) -> Option<f64> {
+    let stat = crate::collect::process::read_stat(host, &format!("/proc/{}/stat", h.pid))
+        .ok()
+        .or_else(|| {
+            crate::collect::process::read_stat(fresh?, &format!("/proc/{}/stat", h.pid)).ok()
+        });
+    if let Some(st) = stat {
+        return Some(st.cpu_ticks() as f64 / ticks_per_second.max(1) as f64);
+    }
+    let tasks = sched?;
+    let mut ms = 0.0;
+    let mut any = false;
+    for id in std::iter::once(h.pid).chain(h.threads.iter().copied()) {
+        if let Some(v) = tasks.get(&id).and_then(|t| t.sum_exec_ms) {
+            ms += v;
+            any = true;
+        }
+    }
+    any.then_some(ms / 1e3)
+}
+
+/// Sets each hidden process's CPU share from two readings `secs` apart.
+/// Returns the total, % of all CPUs.
+pub fn attribute(
+    hidden: &mut [Hidden],
+    before: &[Option<f64>],
+    after: &[Option<f64>],
+    secs: f64,
+    cpus: usize,
+) -> f64 {
+    let mut total = 0.0;
+    for (h, (b, a)) in hidden.iter_mut().zip(before.iter().zip(after)) {
+        if let (Some(b), Some(a)) = (b, a) {
+            let pct = 100.0 * (a - b).max(0.0) / secs.max(1e-3);
+            h.cpu = Some((pct, secs));
+            // Processes recovered through the private procfs are already in
+            // the sample's "recovered" share.
+            if h.process.as_ref().is_none_or(|p| !p.recovered) {
+                total += pct / cpus.max(1) as f64;
+            }
+        }
+    }
+    total
+}
+
 /// The `hidden.cpu` finding, when two samples agree that a large share of CPU
-/// time belongs to no visible process.
-pub fn cpu_finding(first: &CpuAccounting, second: &CpuAccounting) -> Option<Finding> {
+/// time belongs to no visible process. The hidden processes Quarry found and
+/// measured are named as where it goes.
+pub fn cpu_finding(
+    first: &CpuAccounting,
+    second: &CpuAccounting,
+    hidden: &[Hidden],
+) -> Option<Finding> {
     if !first.is_large() || !second.is_large() {
         return None;
     }
     let describe = |a: &CpuAccounting| {
         format!(
-            "/proc/stat task time {:.1}%, visible processes {:.1}%, recovered hidden {:.1}%, unexplained {:.1}% of all CPUs over {:.2} s (alert at {:.1}% with {:.0} forks/s){}",
+            "/proc/stat task time {:.1}%, visible processes {:.1}%, hidden processes Quarry found {:.1}%, unexplained {:.1}% of all CPUs over {:.2} s (alert at {:.1}% with {:.0} forks/s){}",
             a.kernel_busy_percent,
             a.visible_percent,
             a.recovered_percent,
@@ -515,26 +819,56 @@ pub fn cpu_finding(first: &CpuAccounting, second: &CpuAccounting) -> Option<Find
                 .map_or(String::new(), |c| format!("; root cgroup {c:.1}%"))
         )
     };
+    let hidden_share = second.unexplained_percent + second.hidden_measured_percent;
+    let first_share = first.unexplained_percent + first.hidden_measured_percent;
+    let share = hidden_share.min(first_share);
+    let named: Vec<String> = hidden
+        .iter()
+        .filter_map(|h| {
+            let (pct, _) = h.cpu?;
+            (pct >= 1.0).then(|| {
+                let name = h
+                    .process
+                    .as_ref()
+                    .map(|p| escape(p.name()))
+                    .or_else(|| h.sched.as_ref().map(|t| escape(&t.comm)))
+                    .map_or(String::new(), |n| format!(" \"{n}\""));
+                format!("PID {}{name} {pct:.0}% of one CPU", h.pid)
+            })
+        })
+        .collect();
+    let attributed = second.hidden_measured_percent >= 0.5 * hidden_share;
+    let title = if attributed && !named.is_empty() {
+        format!(
+            "{share:.0}% of all CPU time is used by processes hidden from ps and top: {}",
+            named.join(", ")
+        )
+    } else {
+        format!(
+            "Something hides {share:.0}% of all CPU time: no visible process uses it (a kernel rootkit is likely)"
+        )
+    };
+    let mut evidence = vec![
+        Evidence::new("first sample", describe(first)),
+        Evidence::new("second sample", describe(second)),
+    ];
+    if !named.is_empty() {
+        evidence.push(Evidence::new("hidden processes found", named.join("; ")));
+    }
+    evidence.push(Evidence::new(
+        "check by hand",
+        "compare the busy columns of /proc/stat over a few seconds with the sum of top's %CPU",
+    ));
     Some(Finding {
         remedies: Vec::new(),
         rule: "hidden.cpu".into(),
         severity: Severity::High,
         verdict: None,
-        title: format!(
-            "{:.0}% of all CPU time is used by no visible process: something is hiding (a kernel rootkit hides its miner this way)",
-            second.unexplained_percent.min(first.unexplained_percent)
-        ),
+        title,
         subject: Subject::default(),
         techniques: vec![Technique::new("T1014"), Technique::new("T1496")],
         signals: vec![],
         score: None,
-        evidence: vec![
-            Evidence::new("first sample", describe(first)),
-            Evidence::new("second sample", describe(second)),
-            Evidence::new(
-                "check by hand",
-                "compare the busy columns of /proc/stat over a few seconds with the sum of top's %CPU",
-            ),
-        ],
+        evidence,
     })
 }

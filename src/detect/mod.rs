@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod hidden;
+pub mod hooks;
 pub mod miner;
 pub mod modules;
 pub mod persistence;

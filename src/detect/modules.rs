@@ -439,6 +439,53 @@ pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
             evidence,
         });
     }
+    // More load_module allocations than listed modules, and no hidden module
+    // named by any view: a module that erased its name everywhere (its
+    // /sys/module entry, kallsyms). On kernels with one allocation per module
+    // (6.1 and earlier) the difference is the number hidden; kernels that
+    // allocate per section give several per module, and the count is not used
+    // there (more than twice the listed count, or far more).
+    if let Some(n) = l.vmalloc_load_module {
+        let listed_n = l.proc_modules.len();
+        let per_module = listed_n == 0 || n < 2 * listed_n;
+        if hidden.is_empty() && n > listed_n && n - listed_n <= 8 && per_module {
+            let k = n - listed_n;
+            let mut evidence = vec![Evidence::new(
+                "vmallocinfo",
+                format!("{n} load_module allocations for {listed_n} listed modules (/proc/vmallocinfo, read with fixed-size preads)"),
+            )];
+            if l.vmalloc_resumed {
+                evidence.push(Evidence::new(
+                    "filtered read",
+                    "/proc/vmallocinfo ended early and a second read at the same offset found more: something filters it",
+                ));
+            }
+            if let Some(m) = l.tainted {
+                evidence.push(Evidence::new(
+                    "kernel taint",
+                    format!("{m} = {}", modules::taint_letters(m)),
+                ));
+            }
+            evidence.push(Evidence::new(
+                "check by hand",
+                "grep -c load_module /proc/vmallocinfo; wc -l < /proc/modules",
+            ));
+            out.push(Finding {
+                remedies: Vec::new(),
+                rule: "module.hidden".into(),
+                severity: Severity::Critical,
+                verdict: Some("malicious".into()),
+                title: format!(
+                    "{k} kernel module(s) loaded but hidden everywhere, name unknown: {n} module allocations in /proc/vmallocinfo for {listed_n} listed modules"
+                ),
+                subject: Subject::default(),
+                techniques: vec![Technique::new("T1014"), Technique::new("T1547.006")],
+                signals: vec![],
+                score: None,
+                evidence,
+            });
+        }
+    }
     // Taint that no listed module explains.
     if let Some(mask) = l.tainted {
         let explained: BTreeSet<char> = l

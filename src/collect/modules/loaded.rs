@@ -30,6 +30,9 @@ pub struct Loaded {
     pub tracefs_source: Option<String>,
     /// `load_module` allocations in /proc/vmallocinfo.
     pub vmalloc_load_module: Option<usize>,
+    /// A second read past an early end of `/proc/vmallocinfo` found more:
+    /// something cut the file short.
+    pub vmalloc_resumed: bool,
     pub tainted: Option<u64>,
     /// (module name, log line) from the kernel log.
     pub kmsg: Vec<(String, String)>,
@@ -79,7 +82,7 @@ pub fn taint_letters(mask: u64) -> String {
 }
 
 /// Reads every loaded-module view.
-pub fn read_loaded(host: &Host) -> Loaded {
+pub fn read_loaded(host: &Host, force_tracefs: bool) -> Loaded {
     let mut l = Loaded::default();
     let Ok(text) = host.read_text("/proc/modules") else {
         l.reason = Some(
@@ -102,13 +105,15 @@ pub fn read_loaded(host: &Host) -> Loaded {
             }
         }
     }
-    if let Ok(text) = host.read_text("/proc/kallsyms") {
+    // Kernel lists are read with fixed-size preads past short reads: a filter
+    // that ends a read early does not end Quarry's.
+    if let Ok((text, _)) = host.read_kernel_text("/proc/kallsyms") {
         l.kallsyms_readable = true;
         l.kallsyms = bracket_tags(&text);
     }
-    read_tracefs(host, &mut l);
-    if let Ok(text) = host.read_text("/proc/vmallocinfo") {
+    if let Ok((text, resumed)) = host.read_kernel_text("/proc/vmallocinfo") {
         l.vmalloc_load_module = Some(text.lines().filter(|x| x.contains("load_module")).count());
+        l.vmalloc_resumed = resumed;
     }
     l.tainted = host
         .read_text("/proc/sys/kernel/tainted")
@@ -118,7 +123,39 @@ pub fn read_loaded(host: &Host) -> Loaded {
         l.kmsg_readable = true;
         l.kmsg = module_log_lines(&lines);
     }
+    // tracefs `available_filter_functions` is large, and reading it has
+    // tripped a kernel WARN_ON_ONCE (taint W) on 6.12: read only when another
+    // view already points at a module the list does not show.
+    if force_tracefs || l.points_at_unlisted() {
+        read_tracefs(host, &mut l);
+    }
     l
+}
+
+impl Loaded {
+    /// True when a cheap view shows a module `/proc/modules` does not list,
+    /// more `load_module` allocations than listed modules, or module taint no
+    /// listed module carries.
+    pub fn points_at_unlisted(&self) -> bool {
+        let unlisted = |n: &String| !self.proc_modules.contains_key(n);
+        let taint_unexplained = self.tainted.is_some_and(|mask| {
+            let explained: BTreeSet<char> = self
+                .proc_modules
+                .values()
+                .flat_map(|m| m.taint.chars())
+                .collect();
+            TAINT_FLAGS.iter().any(|(bit, c, _)| {
+                mask & (1u64 << bit) != 0 && "OEPF".contains(*c) && !explained.contains(c)
+            })
+        });
+        self.sys_module.keys().any(unlisted)
+            || self.kallsyms.iter().any(unlisted)
+            || self.kmsg.iter().any(|(n, _)| unlisted(n))
+            || self
+                .vmalloc_load_module
+                .is_some_and(|n| n > self.proc_modules.len())
+            || taint_unexplained
+    }
 }
 
 pub fn parse_proc_modules(text: &str) -> BTreeMap<String, ListedModule> {
@@ -169,7 +206,7 @@ pub fn bracket_tags(text: &str) -> BTreeSet<String> {
 fn read_tracefs(host: &Host, l: &mut Loaded) {
     for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         let p = format!("{dir}/available_filter_functions");
-        if let Ok(text) = host.read_text(&p) {
+        if let Ok((text, _)) = host.read_kernel_text(&p) {
             l.tracefs = Some(bracket_tags(&text));
             l.tracefs_source = Some(p);
             return;
@@ -184,25 +221,16 @@ fn read_tracefs(host: &Host, l: &mut Loaded) {
 }
 
 fn private_tracefs() -> std::io::Result<String> {
-    use rustix::fd::AsRawFd;
-    use rustix::mount::{
-        fsconfig_create, fsmount, fsopen, FsMountFlags, FsOpenFlags, MountAttrFlags,
-    };
-    let fs = fsopen("tracefs", FsOpenFlags::FSOPEN_CLOEXEC)?;
-    fsconfig_create(&fs)?;
-    let fd = fsmount(
-        &fs,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_RDONLY,
+    let m = crate::host::PrivateMount::open("tracefs")?;
+    let (bytes, _) = crate::host::read_kernel_file(
+        &m.path("available_filter_functions"),
+        crate::host::MAX_READ,
     )?;
-    std::fs::read_to_string(format!(
-        "/proc/self/fd/{}/available_filter_functions",
-        fd.as_raw_fd()
-    ))
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The kernel log's records (message text only), read without blocking.
-fn read_kmsg(host: &Host) -> Option<Vec<String>> {
+pub fn read_kmsg(host: &Host) -> Option<Vec<String>> {
     use rustix::fs::{Mode, OFlags};
     let fd = rustix::fs::open(
         host.path("/dev/kmsg"),
