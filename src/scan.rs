@@ -129,6 +129,8 @@ pub struct CensusSummary {
     /// kprobes registered (debugfs kprobes/list), if readable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kprobes: Option<usize>,
+    /// Whether TCP sockets were compared between /proc/net/tcp{,6} and inet_diag.
+    pub inet_diag_compared: bool,
     /// BPF programs loaded (bpf() BPF_PROG_GET_NEXT_ID), on the live host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_programs: Option<usize>,
@@ -434,6 +436,7 @@ pub fn run_full(
             hooked_functions: hooks.enabled.as_ref().map(Vec::len),
             kprobes: hooks.kprobes.as_ref().map(Vec::len),
             bpf_programs: host.is_live().then_some(progs.programs.len()),
+            inet_diag_compared: census.diag_checked,
         });
         cpu_accounting = Some(acc);
         census_us = tc.elapsed().as_micros() as u64;

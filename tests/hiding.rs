@@ -136,8 +136,11 @@ fn storm_of_short_lived_processes_and_threads_gives_no_hidden_finding() {
     let mut cmd = Command::new(burner());
     cmd.args(["--thread-storm", "16"]);
     let _threads = start(cmd);
-    for _ in 0..10 {
-        let s = scan(&["--interval", "0.5", "--only", "hidden"]);
+    for i in 0..10 {
+        // Every other scan asks the PID allocator too (--deep): PIDs the
+        // storm takes and frees meanwhile must not look hidden.
+        let deep: &[&str] = if i % 2 == 1 { &["--deep"] } else { &[] };
+        let s = scan(&[&["--interval", "0.5", "--only", "hidden"], deep].concat());
         let bad: Vec<_> = s
             .findings()
             .iter()
@@ -148,7 +151,88 @@ fn storm_of_short_lived_processes_and_threads_gives_no_hidden_finding() {
             "false hidden finding under a fork storm: {bad:#?}"
         );
         assert!(s.json["census"]["probed"].as_bool().unwrap());
+        if i % 2 == 1 {
+            let a = &s.json["census"]["allocator"];
+            assert!(
+                a["probed"].as_u64().unwrap_or(0) > 1000 || a["not_applicable"].is_string(),
+                "{a:#}"
+            );
+        }
     }
+}
+
+/// Loads tests/c/bpfload.c in a mode; `None` when the kernel refuses the
+/// program (lockdown refuses bpf_probe_write_user; a kernel without BPF).
+fn bpf_loader(mode: &str) -> Option<ProcGuard> {
+    let prog = compile("bpfload", &[]);
+    let probe = Command::new(&prog)
+        .arg(mode)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    // A refused program exits at once; a loaded one waits.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut probe = probe;
+    if let Ok(Some(_)) = probe.try_wait() {
+        let out = probe.wait_with_output().unwrap();
+        eprintln!(
+            "SKIPPED bpfload {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    let _ = probe.kill();
+    let _ = probe.wait();
+    let mut cmd = Command::new(&prog);
+    cmd.arg(mode);
+    Some(start(cmd))
+}
+
+#[test]
+fn bpf_program_of_a_tracer_is_counted_not_reported() {
+    sandboxed_mounts!("bpf_program_of_a_tracer_is_counted_not_reported", false);
+    let Some(_p) = bpf_loader("benign") else {
+        return;
+    };
+    let s = scan(&["--interval", "0.3", "--only", "hidden"]);
+    assert!(
+        s.json["census"]["bpf_programs"].as_u64().unwrap_or(0) >= 1,
+        "{:#}",
+        s.json["census"]
+    );
+    assert!(
+        !s.findings().iter().any(|f| f["rule"] == "kernel.hook"),
+        "{:#}",
+        s.json["findings"]
+    );
+}
+
+#[test]
+fn bpf_program_writing_user_memory_is_critical_and_names_its_loader() {
+    sandboxed_mounts!(
+        "bpf_program_writing_user_memory_is_critical_and_names_its_loader",
+        false
+    );
+    let Some(p) = bpf_loader("pwu") else {
+        return; // this kernel refuses it (lockdown): the QEMU test covers it
+    };
+    let s = scan(&["--interval", "0.3", "--only", "hidden"]);
+    let f = s
+        .findings()
+        .iter()
+        .find(|f| f["rule"] == "kernel.hook")
+        .unwrap_or_else(|| panic!("no kernel.hook: {:#}", s.json["findings"]));
+    assert_eq!(f["severity"], "critical");
+    assert!(f["title"]
+        .as_str()
+        .unwrap()
+        .contains("bpf_probe_write_user"));
+    assert_eq!(f["subject"]["pid"], p.pid);
+    assert_eq!(s.code, 1);
 }
 
 /// A minimal fixture of a Linux root with processes 1 and 100.

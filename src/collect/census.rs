@@ -51,6 +51,12 @@ pub struct Census {
     pub orphan_inet: Vec<super::net::Socket>,
     /// Unix sockets whose inode no listed process holds (count).
     pub orphan_unix: usize,
+    /// TCP sockets the kernel's socket diagnostics (inet_diag) showed twice
+    /// while `/proc/net/tcp{,6}`, read between the two, did not: hidden from
+    /// netstat by a hook on its printers.
+    pub diag_hidden: Vec<super::diag::DiagSocket>,
+    /// Whether the inet_diag comparison ran.
+    pub diag_checked: bool,
     /// Whether every process's fds could be read (root): without that,
     /// "no owner" means nothing.
     pub fds_complete: bool,
@@ -114,6 +120,20 @@ pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
         .iter()
         .filter(|i| **i != 0 && !owners.contains_key(i))
         .count();
+    if host.is_live() {
+        if let Some(d1) = super::diag::tcp_by_inode() {
+            let in_proc: std::collections::HashSet<u64> =
+                super::net::read_tcp(host).iter().map(|s| s.inode).collect();
+            if let Some(d2) = super::diag::tcp_by_inode() {
+                c.diag_checked = true;
+                c.diag_hidden = d1
+                    .into_iter()
+                    .filter(|(i, _)| d2.contains_key(i) && !in_proc.contains(i))
+                    .map(|(_, s)| s)
+                    .collect();
+            }
+        }
+    }
     if let Some(f) = fresh {
         c.fresh_listed = f.list_pids("/proc").ok().map(|v| v.into_iter().collect());
     }

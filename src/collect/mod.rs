@@ -7,6 +7,7 @@
 pub mod bpf;
 pub mod census;
 pub mod cpu;
+pub mod diag;
 pub mod hooks;
 pub mod inspect;
 pub mod minercfg;

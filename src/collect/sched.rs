@@ -168,6 +168,22 @@ mod tests {
         assert_eq!(t[&123].cpu, Some(1));
     }
 
+    /// Captured in the QEMU test (tests/fixtures/kernel/6.1): the burner and
+    /// the module's kernel thread, hidden by a find_pid_ns hook, are listed.
+    #[test]
+    fn real_kernel_lists_hidden_tasks() {
+        let t = parse(include_bytes!(
+            "../../tests/fixtures/kernel/6.1/sched_debug.ftrace2"
+        ));
+        let burner = t.values().find(|x| x.comm == b"burner").expect("burner");
+        assert_eq!(burner.state, 'R');
+        assert!(burner.pid < 300);
+        assert!(burner.sum_exec_ms.unwrap() > 500.0);
+        assert!(t.values().any(|x| x.comm == b"qtest_kworker"));
+        assert_eq!(t[&1].comm, b"init");
+        assert!(t.len() > 20);
+    }
+
     #[test]
     fn garbage_is_ignored() {
         assert!(parse(b"runnable tasks:\n S task\n\xff\xfe\n>R\n").is_empty());

@@ -600,7 +600,7 @@ pub fn socket_findings(
     if let Some(f) = fresh {
         explained.extend(crate::collect::net::all_socket_owners(f, &hidden_pids));
     }
-    census
+    let mut out: Vec<Finding> = census
         .orphan_inet
         .iter()
         .filter(|s| s.state == crate::collect::net::TCP_ESTABLISHED && ports.contains(&s.remote_port))
@@ -624,6 +624,107 @@ pub fn socket_findings(
             ],
         })
         .collect()
+;
+    // Connections inet_diag shows and /proc/net/tcp does not.
+    if !census.diag_hidden.is_empty() {
+        let wanted: std::collections::HashSet<u64> =
+            census.diag_hidden.iter().map(|s| s.inode).collect();
+        let mut pids: Vec<i32> = census.listed.iter().copied().collect();
+        pids.extend(hidden_pids.iter().copied());
+        let mut owners = crate::collect::net::socket_owners(host, &pids, &wanted);
+        if let Some(f) = fresh {
+            owners.extend(crate::collect::net::socket_owners(f, &pids, &wanted));
+        }
+        for s in &census.diag_hidden {
+            let fmt = |(a, p): (std::net::IpAddr, u16)| match a {
+                std::net::IpAddr::V6(a) => format!("[{a}]:{p}"),
+                std::net::IpAddr::V4(a) => format!("{a}:{p}"),
+            };
+            let pool = ports.contains(&s.remote.1);
+            let owner = owners.get(&s.inode).cloned().unwrap_or_default();
+            let by_hidden = owner.iter().any(|p| hidden_pids.contains(p));
+            let mut evidence = vec![
+                Evidence::new(
+                    "inet_diag",
+                    format!(
+                        "{} → {} state {} inode {} uid {}",
+                        fmt(s.local),
+                        fmt(s.remote),
+                        tcp_state_name(s.state),
+                        s.inode,
+                        s.uid
+                    ),
+                ),
+                Evidence::new(
+                    "missed by",
+                    "/proc/net/tcp and /proc/net/tcp6 (netstat), read between two inet_diag dumps that both showed it",
+                ),
+            ];
+            if let (Some(tx), Some(rx)) = (s.bytes_acked, s.bytes_received) {
+                evidence.push(Evidence::new(
+                    "traffic",
+                    format!("{tx} bytes sent and acknowledged, {rx} bytes received (tcp_info)"),
+                ));
+            }
+            if !owner.is_empty() {
+                let o: Vec<String> = owner.iter().map(i32::to_string).collect();
+                evidence.push(Evidence::new("held by PID", o.join(" ")));
+            }
+            evidence.push(Evidence::new(
+                "check by hand",
+                format!(
+                    "ss -tnpe | grep 'ino:{0}'; grep -c ' {0} ' /proc/net/tcp /proc/net/tcp6 (0: hidden)",
+                    s.inode
+                ),
+            ));
+            out.push(Finding {
+                remedies: Vec::new(),
+                rule: "hidden.socket".into(),
+                severity: if pool || by_hidden {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                },
+                verdict: None,
+                title: format!(
+                    "A TCP {} {} → {} is hidden from /proc/net/tcp (netstat) but the kernel's socket diagnostics show it{}",
+                    if s.state == crate::collect::net::TCP_ESTABLISHED { "connection" } else { "socket" },
+                    fmt(s.local),
+                    fmt(s.remote),
+                    if pool { " (a mining-pool port)" } else { "" }
+                ),
+                subject: Subject {
+                    pid: owner.first().copied(),
+                    ..Subject::default()
+                },
+                techniques: vec![Technique::new("T1014"), Technique::new("T1571")],
+                signals: vec![],
+                score: None,
+                evidence,
+            });
+        }
+    }
+    out
+}
+
+/// TCP state names (include/net/tcp_states.h).
+fn tcp_state_name(s: u8) -> &'static str {
+    const NAMES: &[&str] = &[
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+    ];
+    NAMES.get(s as usize).copied().unwrap_or("?")
 }
 
 /// Average CPU share of one CPU since the process started.

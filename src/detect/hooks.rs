@@ -458,6 +458,47 @@ do_exit (2)          ->ftrace_ops_list_func+0x0/0x1a0\n");
         assert!(f[0].title.contains("lp_mod"));
     }
 
+    /// Captured from Debian's 6.1 kernel in the QEMU test with
+    /// tests/vm/module/qtest_ftrace.c loaded (tests/fixtures/kernel/6.1).
+    const FTRACE1: &str = include_str!("../../tests/fixtures/kernel/6.1/enabled_functions.ftrace1");
+    const FTRACE2: &str = include_str!("../../tests/fixtures/kernel/6.1/enabled_functions.ftrace2");
+    const KPROBE: &str =
+        include_str!("../../tests/fixtures/kernel/6.1/enabled_functions.kprobe_event_enabled");
+    const CLEAN: &str = include_str!("../../tests/fixtures/kernel/6.1/enabled_functions.clean");
+
+    #[test]
+    fn real_kernel_rootkit_hooks() {
+        let f = findings(&hooks(FTRACE1), &BTreeSet::new());
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].severity, Severity::Critical);
+        for name in ["__x64_sys_kill", "__x64_sys_getdents64", "proc_pid_lookup"] {
+            assert!(
+                f[0].evidence.iter().any(|e| e.value.contains(name)),
+                "{name}"
+            );
+        }
+        assert!(f[0].title.contains("qtest_ftrace"), "{}", f[0].title);
+        let f = findings(&hooks(FTRACE2), &BTreeSet::new());
+        assert_eq!(f.len(), 1);
+        assert!(f[0].title.contains("find_pid_ns"), "{}", f[0].title);
+        // The same module, listed: explained.
+        let listed: BTreeSet<String> = ["qtest_ftrace".to_string()].into();
+        assert!(findings(&hooks(FTRACE1), &listed).is_empty());
+        assert!(findings(&hooks(CLEAN), &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn real_kernel_kprobe_event_is_explained() {
+        let mut h = hooks(KPROBE);
+        h.kprobe_events = vec!["p:kprobes/myprobe do_sys_openat2".into()];
+        assert!(findings(&h, &BTreeSet::new()).is_empty());
+        // Not asked for by any tracing user: reported (high: not a hider's function).
+        h.kprobe_events.clear();
+        let f = findings(&h, &BTreeSet::new());
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].severity, Severity::High);
+    }
+
     #[test]
     fn empty_list_is_quiet() {
         assert!(findings(&hooks(""), &BTreeSet::new()).is_empty());
