@@ -269,6 +269,9 @@ pub fn run_full(
     let mut cpu_accounting = None;
     let mut hidden_pids = Vec::new();
     let mut hook_suspect = false;
+    let mut vmalloc_hooked = false;
+    let mut rootkit_views_us = 0;
+    let mut rootkit_deep_us = 0;
     if on(Check::Hidden) {
         let fresh_host = fresh.as_ref().map(|f| f.host());
         let tc = Instant::now();
@@ -281,6 +284,7 @@ pub fn run_full(
         let debugfs = (live && !host.exists("/sys/kernel/debug/sched"))
             .then(|| PrivateMount::open("debugfs").ok())
             .flatten();
+        let tv = Instant::now();
         let hooks = collect::hooks::read(host, tracefs.as_ref(), debugfs.as_ref());
         let listed_modules: std::collections::BTreeSet<String> = host
             .read_text("/proc/modules")
@@ -291,12 +295,19 @@ pub fn run_full(
             })
             .unwrap_or_default();
         let mut hook_findings = detect::hooks::findings(&hooks, &listed_modules);
+        let mut views = tv.elapsed();
         let census = collect::census::take(host, fresh_host);
+        let tb = Instant::now();
         let progs = collect::bpf::enumerate(host);
+        views += tb.elapsed() + census.diag_time;
+        rootkit_views_us = views.as_micros() as u64;
         if progs.programs.iter().any(|p| !p.helpers.is_empty()) {
             hook_findings.extend(bpf_findings(host, &progs, &census));
         }
         hook_suspect = !hook_findings.is_empty();
+        vmalloc_hooked = hooks.enabled.iter().flatten().any(|e| {
+            e.function == "s_show" || e.function.contains("vmalloc") || e.function.contains("vmap")
+        });
         let mut acc = detect::hidden::account(&snap);
         // Inside a child PID namespace (a container), /proc/stat counts the
         // whole machine but only the namespace's processes are visible:
@@ -320,6 +331,7 @@ pub fn run_full(
         };
         let mut extra = detect::hidden::ExtraViews::default();
         let mut allocator = None;
+        let tdeep = Instant::now();
         if let (Some(reason), true) = (reason, live) {
             extra.sched = collect::sched::read(host, debugfs.as_ref()).ok();
             let explained = detect::hidden::allocator_explained(&census, &snap);
@@ -354,6 +366,7 @@ pub fn run_full(
                 }
             });
         }
+        rootkit_deep_us = tdeep.elapsed().as_micros() as u64;
         let mut hidden = detect::hidden::find(host, fresh_host, &census, &snap, &extra);
         // Tasks every lookup denies: recover them from the scheduler's list.
         if extra.sched.is_none() && live && hidden.iter().any(|h| h.process.is_none()) {
@@ -363,6 +376,14 @@ pub fn run_full(
             }
         }
         hidden_pids = hidden.iter().map(|h| h.pid).collect();
+        // A BPF rootkit's loader is reported as what it is (its kernel.hook
+        // finding names and removes it), not judged again as a miner.
+        hidden_pids.extend(
+            hook_findings
+                .iter()
+                .filter(|f| f.rule == "kernel.hook")
+                .filter_map(|f| f.subject.pid),
+        );
         // A second, shorter sample: confirms unexplained CPU, and measures
         // what the hidden processes found use over it.
         let confirm = !nested && acc.is_large() && big_enough;
@@ -462,7 +483,8 @@ pub fn run_full(
                 "the module-file walk was cut short ({t}); narrow it with --module-path"
             ));
         }
-        let loaded = collect::modules::read_loaded(host, hook_suspect);
+        let mut loaded = collect::modules::read_loaded(host, hook_suspect);
+        loaded.vmalloc_printer_hooked = vmalloc_hooked;
         if let Some(r) = &loaded.reason {
             limitations.push(r.clone());
         }
@@ -570,6 +592,8 @@ pub fn run_full(
     let mut timing = snap.timing.clone();
     timing.detect_us = t.elapsed().as_micros() as u64;
     timing.census_us = census_us;
+    timing.rootkit_views_us = rootkit_views_us;
+    timing.rootkit_deep_us = rootkit_deep_us;
     timing.module_walk_us = walk_us;
     timing.inspect_us = inspect_us;
     timing.confirm_interval_us = confirm_sleep_us;
@@ -618,6 +642,10 @@ fn bpf_findings(
                         detect::hooks::Holder {
                             pid,
                             fd,
+                            remedies: p
+                                .as_ref()
+                                .map(detect::miner::process_remedies)
+                                .unwrap_or_default(),
                             name: p.as_ref().map(|p| escape(p.name())).unwrap_or_default(),
                             exe: p
                                 .as_ref()

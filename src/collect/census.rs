@@ -61,6 +61,7 @@ pub struct Census {
     /// "no owner" means nothing.
     pub fds_complete: bool,
     pub probe_time: Duration,
+    pub diag_time: Duration,
     pub total_time: Duration,
 }
 
@@ -120,6 +121,7 @@ pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
         .iter()
         .filter(|i| **i != 0 && !owners.contains_key(i))
         .count();
+    let td = Instant::now();
     if host.is_live() {
         if let Some(d1) = super::diag::tcp_by_inode() {
             let in_proc: std::collections::HashSet<u64> =
@@ -134,6 +136,7 @@ pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
             }
         }
     }
+    c.diag_time = td.elapsed();
     if let Some(f) = fresh {
         c.fresh_listed = f.list_pids("/proc").ok().map(|v| v.into_iter().collect());
     }

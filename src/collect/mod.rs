@@ -58,6 +58,12 @@ pub struct Timing {
     pub detect_us: u64,
     /// The cross-view census, hidden-process checks and CPU accounting.
     pub census_us: u64,
+    /// Of `census_us`: the kernel-rootkit views every scan reads (tracefs
+    /// hooks, kprobes, BPF programs, the inet_diag socket comparison), not the
+    /// ones that run only when something points at a rootkit.
+    pub rootkit_views_us: u64,
+    /// Of `census_us`: the PID-allocator probe and scheduler list, when they ran.
+    pub rootkit_deep_us: u64,
     /// The module-file walk (in its own thread, overlapping the census).
     pub module_walk_us: u64,
     /// The second sample's interval, slept only when unexplained CPU needed

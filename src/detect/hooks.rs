@@ -303,6 +303,9 @@ pub fn findings(hooks: &Hooks, listed: &BTreeSet<String>) -> Vec<Finding> {
 pub struct Holder {
     pub pid: i32,
     pub fd: i32,
+    /// Stopping it (and quarantining its executable) releases the program
+    /// unless it is pinned or attached through a pinned link.
+    pub remedies: Vec<super::Remedy>,
     pub name: String,
     pub exe: String,
 }
@@ -378,7 +381,7 @@ pub fn bpf_findings(
             ),
         ));
         out.push(Finding {
-            remedies: Vec::new(),
+            remedies: held.iter().flat_map(|h| h.remedies.iter().cloned()).collect(),
             rule: "kernel.hook".into(),
             severity: Severity::Critical,
             verdict: Some("malicious".into()),

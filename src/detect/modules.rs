@@ -349,16 +349,33 @@ pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
     // this is supporting evidence only, never a finding by itself).
     let vmalloc = l
         .vmalloc_load_module
-        .filter(|n| *n > l.proc_modules.len())
+        .filter(|n| *n > l.proc_modules.len() || l.vmalloc_printer_hooked)
         .map(|n| {
             Evidence::new(
                 "vmallocinfo",
                 format!(
-                    "{n} load_module allocations for {} listed modules (/proc/vmallocinfo)",
-                    l.proc_modules.len()
+                    "{n} load_module allocations for {} listed modules (/proc/vmallocinfo){}",
+                    l.proc_modules.len(),
+                    if l.vmalloc_printer_hooked {
+                        "; the function that prints it (s_show) is hooked, so this count is filtered"
+                    } else {
+                        ""
+                    }
                 ),
             )
         });
+    // The kernel log says a module tainted the kernel, but the taint mask
+    // is clear: something reset it (rootkits do, to hide their load).
+    let tainting_logged = l
+        .kmsg
+        .iter()
+        .any(|(_, line)| line.contains("taints kernel") || line.contains("tainting kernel"));
+    let taint_reset = (tainting_logged && l.tainted == Some(0)).then(|| {
+        Evidence::new(
+            "taint reset",
+            "the kernel log says a module tainted the kernel, yet /proc/sys/kernel/tainted is 0: the flags were cleared",
+        )
+    });
     let mut hidden = BTreeSet::new();
     for name in names {
         if listed(name) {
@@ -412,9 +429,15 @@ pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
         if let Some(m) = l.tainted {
             evidence.push(Evidence::new(
                 "kernel taint",
-                format!("{m} = {}", modules::taint_letters(m)),
+                if m == 0 {
+                    "0 (none)".to_string()
+                } else {
+                    format!("{m} = {}", modules::taint_letters(m))
+                },
             ));
         }
+        evidence.extend(taint_reset.clone());
+        evidence.extend(vmalloc.clone());
         evidence.push(Evidence::new(
             "check by hand",
             format!("grep -w {name} /proc/modules; ls /sys/module/{name}; grep '\\[{name}\\]' /proc/kallsyms"),

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # End-to-end test against a real kernel: boots Debian's kernel in QEMU (TCG,
-# no KVM needed) twice with a busybox initramfs holding the static `quarry`
-# binary and a test module that hides itself from the kernel's module list.
+# no KVM needed) with a busybox initramfs holding the static `quarry`
+# binary, two test modules, a CPU burner (tests/c/burner.c) and a PID probe
+# (tests/vm/pidprobe.c):
 #
-#   boot 1 (qtest=load): /init loads qtest_hider.ko; `quarry scan` must report
-#                        a `module.hidden` finding for qtest_hider.
-#   boot 2 (no module):  `quarry scan` must report no `module.*` finding.
+#   hidden  (qtest=load):    /init loads qtest_hider.ko (it hides itself from
+#                            the module list); `quarry scan` must report a
+#                            `module.hidden` finding for qtest_hider.
+#   ftrace1 (qtest=ftrace1): /init starts the burner (PID > 1000) and loads
+#                            qtest_ftrace.ko mode=1 (ftrace hooks on syscalls,
+#                            the /proc lookup, getdents64, cgroup.procs and
+#                            vmallocinfo hide it); quarry must report
+#                            hidden.process, kernel.hook (__x64_sys_kill),
+#                            module.hidden and hidden.cpu.
+#   ftrace2 (qtest=ftrace2): the burner (PID < 300) and the module's kernel
+#                            thread hidden by find_pid_ns hooks (mode=2); the
+#                            same findings, kernel.hook naming find_pid_ns.
+#   clean   (no module):     no `module.*`, `kernel.hook*` or `hidden.*` finding.
 #
 # Usage: bash tests/vm/run.sh          (from anywhere; needs root for apt-get)
 # Environment:
@@ -14,6 +25,11 @@
 #   VM_BOOT_TIMEOUT  seconds allowed per boot (default 240)
 #   VM_SMP           guest CPUs (default 1)
 #   VM_KEEP_LOGS     a directory to copy the console logs to (default: none)
+#   VM_CASES         the cases to run, e.g. "ftrace1 clean" (default: all)
+#   VM_FIXTURES      a directory: instead of the test cases, boot clean,
+#                    ftrace1 and ftrace2 with qtest_dump=1 and save the raw
+#                    kernel files the guest prints there (how
+#                    tests/fixtures/kernel/6.1/ was made)
 # Prints `vm: N passed, M failed` and exits 1 when anything failed.
 # See tests/vm/README.md.
 set -euo pipefail
@@ -49,6 +65,8 @@ for pkg in qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static;
 done
 command -v make >/dev/null || need+=(make)
 command -v gcc >/dev/null || need+=(gcc)
+# libc.a for the static burner and pidprobe.
+[ -e "$(gcc -print-file-name=libc.a 2>/dev/null)" ] || need+=(libc6-dev)
 command -v cpio >/dev/null || need+=(cpio)
 command -v readelf >/dev/null || need+=(binutils)
 command -v python3 >/dev/null || need+=(python3)
@@ -104,18 +122,27 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- Step 2: the self-hiding test module ------------------------------------
+# --- Step 2: the test modules and the guest's helper programs --------------
 mkdir "$work/module"
-cp "$vm_dir/module/qtest_hider.c" "$vm_dir/module/Makefile" "$work/module/"
+cp "$vm_dir/module/qtest_hider.c" "$vm_dir/module/qtest_ftrace.c" "$vm_dir/module/Makefile" \
+    "$work/module/"
 if ! make -C "/lib/modules/$kver/build" M="$work/module" modules >"$work/module.log" 2>&1; then
     cat "$work/module.log"
-    die "building qtest_hider.ko failed"
+    die "building qtest_hider.ko and qtest_ftrace.ko failed"
+fi
+# Static: the initramfs has no libc.
+if ! gcc -O2 -static -pthread -o "$work/burner" tests/c/burner.c >"$work/cc.log" 2>&1 ||
+    ! gcc -O2 -static -o "$work/pidprobe" "$vm_dir/pidprobe.c" >>"$work/cc.log" 2>&1 ||
+    ! gcc -O2 -static -o "$work/bpfload" tests/c/bpfload.c >>"$work/cc.log" 2>&1; then
+    cat "$work/cc.log"
+    die "building the static burner and pidprobe failed (libc6-dev has libc.a)"
 fi
 t_module=$(now_ms)
-say "built qtest_hider.ko in $(elapsed "$t_packages" "$t_module") s"
+say "built qtest_hider.ko, qtest_ftrace.ko, burner, pidprobe in $(elapsed "$t_packages" "$t_module") s"
 
 # --- Step 3: the initramfs --------------------------------------------------
-# busybox with a symlink per applet, /init, /quarry, /qtest_hider.ko.
+# busybox with a symlink per applet, /init, /quarry, the modules, /burner,
+# /pidprobe.
 root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,etc,root}
 cp /bin/busybox "$root/bin/busybox"
@@ -133,6 +160,10 @@ mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
 install -m 755 "$vm_dir/init" "$root/init"
 install -m 755 "$quarry" "$root/quarry"
 install -m 644 "$work/module/qtest_hider.ko" "$root/qtest_hider.ko"
+install -m 644 "$work/module/qtest_ftrace.ko" "$root/qtest_ftrace.ko"
+install -m 755 "$work/burner" "$root/burner"
+install -m 755 "$work/pidprobe" "$root/pidprobe"
+install -m 755 "$work/bpfload" "$root/bpfload"
 echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
 echo 'root:x:0:' >"$root/etc/group"
 (cd "$root" && find . -print0 | cpio --null -o -H newc -R 0:0 --quiet) | gzip -1 >"$work/initrd.gz"
@@ -187,12 +218,44 @@ run_case() {
     boot_time[$name]=$boot_secs
 }
 
-run_case hidden "qtest=load" hidden
-run_case clean "" clean
+# VM_FIXTURES: raw kernel files instead of the test cases.
+if [ -n "${VM_FIXTURES:-}" ]; then
+    case "$VM_FIXTURES" in
+        /*) fixtures=$VM_FIXTURES ;;
+        *) fixtures=$orig_pwd/$VM_FIXTURES ;;
+    esac
+    for c in clean:"" ftrace1:"qtest=ftrace1" ftrace2:"qtest=ftrace2"; do
+        name=${c%%:*}
+        boot "dump-$name" "${c#*:} qtest_dump=1"
+        if python3 "$vm_dir/check.py" --extract-files "$work/dump-$name.log" "$fixtures"; then
+            passed=$((passed + 1))
+        else
+            tail -n 40 "$work/dump-$name.log"
+            say "FAIL dump-$name: no complete file dump"
+            failed=$((failed + 1))
+        fi
+    done
+    echo "vm: $passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit
+fi
+
+cases=${VM_CASES:-hidden ftrace1 ftrace2 bpf clean}
+for c in $cases; do
+    case "$c" in
+        hidden) run_case hidden "qtest=load" hidden ;;
+        ftrace1) run_case ftrace1 "qtest=ftrace1" ftrace1 ;;
+        ftrace2) run_case ftrace2 "qtest=ftrace2" ftrace2 ;;
+        bpf) run_case bpf "qtest=bpf" bpf ;;
+        clean) run_case clean "" clean ;;
+        *) die "unknown case '$c' in VM_CASES (hidden ftrace1 ftrace2 bpf clean)" ;;
+    esac
+done
 
 t_end=$(now_ms)
-say "times: packages $(elapsed "$t_start" "$t_packages") s, module $(elapsed "$t_packages" "$t_module") s," \
-    "initramfs $(elapsed "$t_module" "$t_initrd") s, boot hidden ${boot_time[hidden]} s," \
-    "boot clean ${boot_time[clean]} s, total $(elapsed "$t_start" "$t_end") s"
+boots=
+for c in $cases; do boots="$boots, boot $c ${boot_time[$c]} s"; done
+say "times: packages $(elapsed "$t_start" "$t_packages") s, build $(elapsed "$t_packages" "$t_module") s," \
+    "initramfs $(elapsed "$t_module" "$t_initrd") s$boots, total $(elapsed "$t_start" "$t_end") s"
 echo "vm: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -33,6 +33,10 @@ pub struct Loaded {
     /// A second read past an early end of `/proc/vmallocinfo` found more:
     /// something cut the file short.
     pub vmalloc_resumed: bool,
+    /// A function that prints `/proc/vmallocinfo` (`s_show`, `*vmalloc*`) is
+    /// hooked (set by the scan from tracefs `enabled_functions`): its counts
+    /// may be filtered.
+    pub vmalloc_printer_hooked: bool,
     pub tainted: Option<u64>,
     /// (module name, log line) from the kernel log.
     pub kmsg: Vec<(String, String)>,
