@@ -202,6 +202,33 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
             if c.private_procfs { "yes" } else { "no" },
             c.hidden
         );
+        let mut kernel = Vec::new();
+        match c.hooked_functions {
+            Some(n) => kernel.push(format!("{n} functions with ftrace callbacks")),
+            None => kernel.push("ftrace hooks not readable".into()),
+        }
+        if let Some(n) = c.kprobes {
+            kernel.push(format!("{n} kprobes"));
+        }
+        if let Some(n) = c.bpf_programs {
+            kernel.push(format!("{n} BPF programs"));
+        }
+        if c.inet_diag_compared {
+            kernel.push("TCP sockets compared with inet_diag".into());
+        }
+        if let Some(a) = &c.allocator {
+            kernel.push(match &a.not_applicable {
+                None => format!(
+                    "PID allocator asked about {} PIDs in {:.0} ms ({}): {} held unexplained",
+                    a.probed, a.ms, a.reason, a.held_unexplained
+                ),
+                Some(why) => format!("PID allocator not asked: {why}"),
+            });
+        }
+        if let Some(src) = &c.sched_source {
+            kernel.push(format!("scheduler task list read ({src})"));
+        }
+        let _ = writeln!(s, "{} {}", st.bold("Kernel hooks:"), kernel.join("; "));
     }
     if let Some(a) = &r.cpu_accounting {
         let _ = writeln!(
