@@ -302,37 +302,24 @@ pub fn pread_all(fd: impl rustix::fd::AsFd, buf: &mut [u8], offset: u64) -> usiz
 /// mounts an attacker put over `/proc/PID` in the host's `/proc`. Reads go
 /// through `/proc/self/fd/N/...`. Needs root (CAP_SYS_ADMIN) and Linux ≥ 5.2.
 pub struct FreshProc {
-    _fd: rustix::fd::OwnedFd,
+    _mount: PrivateMount,
     host: Host,
 }
 
 impl FreshProc {
     /// Mounts a private procfs for reading through `host` (live host only).
     pub fn open(host: &Host) -> io::Result<FreshProc> {
-        use rustix::fd::AsRawFd;
-        use rustix::mount::{
-            fsconfig_create, fsmount, fsopen, FsMountFlags, FsOpenFlags, MountAttrFlags,
-        };
         if !host.is_live() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "not the live host",
             ));
         }
-        let fs = fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC)?;
-        fsconfig_create(&fs)?;
-        let fd = fsmount(
-            &fs,
-            FsMountFlags::FSMOUNT_CLOEXEC,
-            MountAttrFlags::MOUNT_ATTR_RDONLY
-                | MountAttrFlags::MOUNT_ATTR_NOEXEC
-                | MountAttrFlags::MOUNT_ATTR_NOSUID
-                | MountAttrFlags::MOUNT_ATTR_NODEV,
-        )?;
-        let dir = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let mount = PrivateMount::open("proc")?;
+        let dir = mount.dir();
         Ok(FreshProc {
             host: host.with_proc_dir(dir),
-            _fd: fd,
+            _mount: mount,
         })
     }
 
@@ -382,6 +369,12 @@ impl PrivateMount {
         )
         .map_err(ctx)?;
         Ok(PrivateMount { fd, fs_type })
+    }
+
+    /// The mount's root directory (`/proc/self/fd/N`).
+    pub fn dir(&self) -> PathBuf {
+        use rustix::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
     /// The path of `rel` inside the mount (through `/proc/self/fd/N`).

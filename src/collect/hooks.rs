@@ -210,7 +210,13 @@ pub fn read(host: &Host, tracefs: Option<&PrivateMount>, debugfs: Option<&Privat
                     .ok_or("no tracefs is mounted, and none could be mounted privately")?;
                 crate::host::read_kernel_file(&m.path(rel), crate::host::MAX_READ)
                     .map(|(b, _)| (String::from_utf8_lossy(&b).into_owned(), m.describe(rel)))
-                    .map_err(|e| format!("{}: {e}", m.describe(rel)))
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::PermissionDenied {
+                            "a private tracefs mount: operation not permitted (a kernel in lockdown refuses tracefs)".to_string()
+                        } else {
+                            format!("a private tracefs mount: {e}")
+                        }
+                    })
             }
         }
     };
