@@ -269,6 +269,34 @@ mod tests {
         }
     }
 
+    /// A reply captured from kernel 6.18 (tests/fixtures/kernel/6.18, datagrams
+    /// prefixed with their u32 length): a listener on 127.0.0.1:39999 and a
+    /// connection to it that sent 1,000 bytes and received 500.
+    #[test]
+    fn captured_reply() {
+        let raw: &[u8] = include_bytes!("../../tests/fixtures/kernel/6.18/inet_diag_tcp4.bin");
+        let mut out = Vec::new();
+        let mut rest = raw;
+        let mut end = Parsed::More;
+        while rest.len() >= 4 {
+            let n = u32::from_ne_bytes(rest[..4].try_into().unwrap()) as usize;
+            end = parse_messages(&rest[4..4 + n], &mut out);
+            rest = &rest[4 + n..];
+        }
+        assert_eq!(end, Parsed::Done);
+        let by = |inode: u64| out.iter().find(|s| s.inode == inode).expect("socket");
+        let listener = by(682976);
+        assert_eq!(listener.local, ("127.0.0.1".parse().unwrap(), 39999));
+        assert_eq!(listener.state, 10); // LISTEN
+        let client = by(682977);
+        assert_eq!(client.remote.1, 39999);
+        assert_eq!(client.state, 1); // ESTABLISHED
+        // The kernel counts the SYN as one acknowledged byte.
+        assert!(matches!(client.bytes_acked, Some(1000..=1001)), "{client:?}");
+        assert!(matches!(client.bytes_received, Some(500..=501)), "{client:?}");
+        assert_eq!(by(682978).local.1, 39999);
+    }
+
     #[test]
     fn malformed_replies_stop_cleanly() {
         let mut v = Vec::new();

@@ -438,6 +438,12 @@ pub fn loaded_findings(host: &Host, l: &Loaded) -> Vec<Finding> {
         }
         evidence.extend(taint_reset.clone());
         evidence.extend(vmalloc.clone());
+        if l.tracefs.is_some() {
+            evidence.push(Evidence::new(
+                "note",
+                "tracefs available_filter_functions was read because another view already pointed at a hidden module; on some kernels (seen on 6.12) that read trips a WARN_ON_ONCE, which sets taint W",
+            ));
+        }
         evidence.push(Evidence::new(
             "check by hand",
             format!("grep -w {name} /proc/modules; ls /sys/module/{name}; grep '\\[{name}\\]' /proc/kallsyms"),
