@@ -491,6 +491,59 @@ fn module_cache_skips_unchanged_files() {
     );
 }
 
+/// Issue 11: a directory's listing is reused while its device, inode, mtime
+/// and ctime are unchanged; a file added to it, or a file system mounted over
+/// a subdirectory, is seen on the next scan.
+#[test]
+fn directory_listings_are_reused_until_a_directory_changes() {
+    sandboxed_clean!("directory_listings_are_reused_until_a_directory_changes");
+    let rel = running_release();
+    build_module("qa", &rel, Path::new("/srv/d/a/qa.ko"));
+    build_module("qb", &rel, Path::new("/srv/d/b/qb.ko"));
+    // Listings whose times are within 2 s of the walk are never stored.
+    std::thread::sleep(std::time::Duration::from_millis(2300));
+    let walk = |s: &Scan, k: &str| s.json["modules"]["walk"][k].as_u64().unwrap();
+    let first = module_scan("/srv/d");
+    assert_eq!(walk(&first, "dirs"), 3, "{:#}", first.json["modules"]);
+    assert_eq!(walk(&first, "dirs_cached"), 0);
+    let second = module_scan("/srv/d");
+    assert_eq!(
+        walk(&second, "dirs_cached"),
+        3,
+        "{:#}",
+        second.json["modules"]
+    );
+    assert_eq!(by_rule(&second, "module.file").len(), 2);
+    // A new file: its directory is listed again, the others are reused.
+    build_module("qc", &rel, Path::new("/srv/d/a/qc.ko"));
+    let third = module_scan("/srv/d");
+    assert_eq!(
+        walk(&third, "dirs_cached"),
+        2,
+        "{:#}",
+        third.json["modules"]
+    );
+    assert_eq!(by_rule(&third, "module.file").len(), 3);
+    // A file system mounted over a cached subdirectory: another inode.
+    rustix::mount::mount(
+        "tmpfs",
+        "/srv/d/b",
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .expect("tmpfs over /srv/d/b");
+    let _m = MountGuard("/srv/d/b".into());
+    build_module("qm", &rel, Path::new("/srv/d/b/qm.ko"));
+    let fourth = module_scan("/srv/d");
+    let names: Vec<String> = by_rule(&fourth, "module.file")
+        .iter()
+        .map(|f| f["subject"]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "qm"), "{names:?}");
+    assert!(!names.iter().any(|n| n == "qb"), "{names:?}");
+}
+
 /// Issue 11: the text report shows a few findings of one rule and severity in
 /// full and counts the rest; the JSON keeps every one.
 #[test]

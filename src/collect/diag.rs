@@ -291,9 +291,15 @@ mod tests {
         let client = by(682977);
         assert_eq!(client.remote.1, 39999);
         assert_eq!(client.state, 1); // ESTABLISHED
-        // The kernel counts the SYN as one acknowledged byte.
-        assert!(matches!(client.bytes_acked, Some(1000..=1001)), "{client:?}");
-        assert!(matches!(client.bytes_received, Some(500..=501)), "{client:?}");
+                                     // The kernel counts the SYN as one acknowledged byte.
+        assert!(
+            matches!(client.bytes_acked, Some(1000..=1001)),
+            "{client:?}"
+        );
+        assert!(
+            matches!(client.bytes_received, Some(500..=501)),
+            "{client:?}"
+        );
         assert_eq!(by(682978).local.1, 39999);
     }
 

@@ -123,7 +123,7 @@ impl Cache {
         let Ok(data) = serde_json::to_vec(&s) else {
             return;
         };
-        let _ = write_private(Path::new(CACHE_DIR), CACHE_FILE, &data);
+        let _ = write_private(Path::new(CACHE_DIR), CACHE_FILE, &data, true);
     }
 }
 
@@ -169,7 +169,9 @@ fn read_private(dir: &Path, name: &str) -> Option<Vec<u8>> {
     crate::host::read_regular(&p, 64 * 1024 * 1024).ok()
 }
 
-fn write_private(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+/// Writes a root-only file through a new temporary file and a rename;
+/// `sync` makes it durable first.
+fn write_private(dir: &Path, name: &str, data: &[u8], sync: bool) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()
@@ -189,6 +191,287 @@ fn write_private(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, dir.join(name))
+}
+
+/// What one directory held when it was listed: its subdirectories and the
+/// names worth a look, keyed by device and inode, valid while its mtime and
+/// ctime are unchanged (adding, removing or renaming an entry moves both;
+/// ctime cannot be set back by anyone). A directory whose times are within
+/// [`RACY_SECONDS`] of the walk's start is never stored: a change in the same
+/// clock tick after the listing would leave its times equal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirRecord {
+    pub mtime: u64,
+    pub ctime: u64,
+    /// Entries the listing had (for the walk's counts and limits).
+    pub entries: u32,
+    pub subdirs: Vec<Vec<u8>>,
+    pub candidates: Vec<Vec<u8>>,
+}
+
+/// Seconds before the walk's start a directory's times must be to be stored.
+pub const RACY_SECONDS: u64 = 2;
+
+const DIRS_FILE: &str = "dirs.bin";
+const DIRS_MAGIC: &[u8; 8] = b"QDIRS\x00\x00\x01";
+
+/// A stored directory: its times and where its names are in the loaded file.
+#[derive(Debug, Clone, Copy)]
+struct StoredDir {
+    mtime: u64,
+    ctime: u64,
+    entries: u32,
+    /// Index of its first name in `DirCache::spans`; subdirectories first.
+    first: u32,
+    subdirs: u32,
+    candidates: u32,
+}
+
+/// A hasher for (device, inode) keys: the inode is already spread; one
+/// multiply mixes in the device. (SipHash showed in profiles of the walk.)
+#[derive(Default)]
+pub struct InodeHasher(u64);
+
+impl Hasher for InodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ *b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type InodeMap<V> = HashMap<(u64, u64), V, std::hash::BuildHasherDefault<InodeHasher>>;
+
+/// The directory listings, loaded (root, live host) or empty. The file is
+/// kept whole; records point into it (a few allocations, not one per name).
+#[derive(Default)]
+pub struct DirCache {
+    enabled: bool,
+    buf: Vec<u8>,
+    /// (offset, length) of every name in `buf`.
+    spans: Vec<(u32, u16)>,
+    dirs: InodeMap<StoredDir>,
+}
+
+/// A cached directory's listing, borrowed from the cache.
+pub struct CachedDir<'a> {
+    cache: &'a DirCache,
+    d: StoredDir,
+}
+
+impl CachedDir<'_> {
+    pub fn entries(&self) -> u32 {
+        self.d.entries
+    }
+    fn names(&self, from: u32, n: u32) -> impl Iterator<Item = &[u8]> {
+        self.cache.spans[from as usize..(from + n) as usize]
+            .iter()
+            .map(|(o, l)| &self.cache.buf[*o as usize..*o as usize + *l as usize])
+    }
+    pub fn subdirs(&self) -> impl Iterator<Item = &[u8]> {
+        self.names(self.d.first, self.d.subdirs)
+    }
+    pub fn candidates(&self) -> impl Iterator<Item = &[u8]> {
+        self.names(self.d.first + self.d.subdirs, self.d.candidates)
+    }
+}
+
+impl DirCache {
+    pub fn load(host: &Host) -> DirCache {
+        if !host.is_live() || !rustix::process::geteuid().is_root() {
+            return DirCache::default();
+        }
+        let mut c = read_private(Path::new(CACHE_DIR), DIRS_FILE)
+            .and_then(decode_dirs)
+            .unwrap_or_default();
+        c.enabled = true;
+        c
+    }
+
+    /// The listing of a directory whose device, inode and times match.
+    pub fn get(&self, st: &rustix::fs::Stat) -> Option<CachedDir<'_>> {
+        let k = key_of(st);
+        let d = *self.dirs.get(&(k[0], k[1]))?;
+        (d.mtime == k[3] && d.ctime == k[4]).then_some(CachedDir { cache: self, d })
+    }
+
+    /// Writes the directories this walk saw (forgetting the others) when a
+    /// new listing was stored or many were forgotten. `None`: the loaded
+    /// record was reused as it is.
+    pub fn save(&self, seen: Vec<((u64, u64), Option<DirRecord>)>) {
+        if !self.enabled {
+            return;
+        }
+        let fresh = seen.iter().any(|(_, r)| r.is_some());
+        if !fresh && seen.len() * 10 >= self.dirs.len() * 9 {
+            return;
+        }
+        let mut out = Vec::with_capacity(self.buf.len() + 4096);
+        out.extend_from_slice(DIRS_MAGIC);
+        let count_at = out.len();
+        out.extend(0u32.to_le_bytes());
+        let mut count = 0u32;
+        for (k, r) in &seen {
+            match r {
+                Some(r) => encode_one(
+                    &mut out,
+                    *k,
+                    r.mtime,
+                    r.ctime,
+                    r.entries,
+                    &r.subdirs,
+                    &r.candidates,
+                ),
+                None => {
+                    let Some(d) = self.dirs.get(k) else { continue };
+                    let c = CachedDir { cache: self, d: *d };
+                    let subs: Vec<&[u8]> = c.subdirs().collect();
+                    let cands: Vec<&[u8]> = c.candidates().collect();
+                    encode_one(&mut out, *k, d.mtime, d.ctime, d.entries, &subs, &cands);
+                }
+            }
+            count += 1;
+        }
+        out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        // A cache: no fsync (a torn file fails to decode and is ignored).
+        let _ = write_private(Path::new(CACHE_DIR), DIRS_FILE, &out, false);
+    }
+}
+
+/// One directory in the binary form: dev, ino, mtime, ctime (u64), entries,
+/// subdirectory count, candidate count (u32), then each name as a u16 length
+/// and its bytes; little-endian. The file: magic, count (u32), directories.
+fn encode_one<N: AsRef<[u8]>>(
+    out: &mut Vec<u8>,
+    (dev, ino): (u64, u64),
+    mtime: u64,
+    ctime: u64,
+    entries: u32,
+    subdirs: &[N],
+    candidates: &[N],
+) {
+    for v in [dev, ino, mtime, ctime] {
+        out.extend(v.to_le_bytes());
+    }
+    out.extend(entries.to_le_bytes());
+    out.extend((subdirs.len() as u32).to_le_bytes());
+    out.extend((candidates.len() as u32).to_le_bytes());
+    for n in subdirs.iter().chain(candidates) {
+        let n = n.as_ref();
+        let n = &n[..n.len().min(u16::MAX as usize)];
+        out.extend((n.len() as u16).to_le_bytes());
+        out.extend_from_slice(n);
+    }
+}
+
+/// Encodes records (tests, and the shape [`DirCache::save`] writes).
+pub fn encode_dirs(dirs: &[((u64, u64), DirRecord)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(DIRS_MAGIC);
+    out.extend((dirs.len() as u32).to_le_bytes());
+    for (k, r) in dirs {
+        encode_one(
+            &mut out,
+            *k,
+            r.mtime,
+            r.ctime,
+            r.entries,
+            &r.subdirs,
+            &r.candidates,
+        );
+    }
+    out
+}
+
+/// Decodes the file, keeping it whole; `None` for anything malformed (the
+/// cache is then ignored).
+fn decode_dirs(buf: Vec<u8>) -> Option<DirCache> {
+    let b = &buf[..];
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<usize> {
+        let start = at;
+        b.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(start)
+    };
+    let magic = take(8)?;
+    if &b[magic..magic + 8] != DIRS_MAGIC {
+        return None;
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    let n = u32_at(take(4)?) as usize;
+    let mut dirs: InodeMap<StoredDir> = InodeMap::default();
+    dirs.reserve(n.min(1 << 20));
+    let mut spans = Vec::new();
+    for _ in 0..n {
+        let h = take(44)?;
+        let (nsub, ncand) = (u32_at(h + 36), u32_at(h + 40));
+        let first = spans.len() as u32;
+        for _ in 0..nsub.checked_add(ncand)? {
+            let len = u16::from_le_bytes(b[take(2)?..][..2].try_into().unwrap());
+            let off = take(len as usize)?;
+            spans.push((u32::try_from(off).ok()?, len));
+        }
+        dirs.insert(
+            (u64_at(h), u64_at(h + 8)),
+            StoredDir {
+                mtime: u64_at(h + 16),
+                ctime: u64_at(h + 24),
+                entries: u32_at(h + 32),
+                first,
+                subdirs: nsub,
+                candidates: ncand,
+            },
+        );
+    }
+    (at == b.len()).then_some(DirCache {
+        enabled: false,
+        buf,
+        spans,
+        dirs,
+    })
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn dirs_round_trip_and_reject_garbage() {
+        let rec = DirRecord {
+            mtime: 1,
+            ctime: 2,
+            entries: 7,
+            subdirs: vec![b"a".to_vec(), b"\xff\xfe".to_vec()],
+            candidates: vec![b"x.ko".to_vec()],
+        };
+        let enc = encode_dirs(&[((3, 4), rec.clone())]);
+        let dec = decode_dirs(enc.clone()).unwrap();
+        let d = CachedDir {
+            cache: &dec,
+            d: dec.dirs[&(3, 4)],
+        };
+        assert_eq!(d.entries(), 7);
+        assert_eq!(
+            d.subdirs().collect::<Vec<_>>(),
+            vec![&b"a"[..], &b"\xff\xfe"[..]]
+        );
+        assert_eq!(d.candidates().collect::<Vec<_>>(), vec![&b"x.ko"[..]]);
+        assert!(decode_dirs(enc[..enc.len() - 1].to_vec()).is_none());
+        assert!(decode_dirs(b"garbage".to_vec()).is_none());
+        let mut extra = enc.clone();
+        extra.push(0);
+        assert!(decode_dirs(extra).is_none());
+    }
 }

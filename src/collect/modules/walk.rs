@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cache::{key_of, Cache, Judged};
+use super::cache::{key_of, Cache, DirCache, DirRecord, Judged, RACY_SECONDS};
 use super::identify::{elf_type, inspect, inspect_shell, ModuleFile};
 use crate::host::{bytes_to_path, Host};
 
@@ -70,6 +70,9 @@ pub struct WalkStats {
     pub dirs: usize,
     pub files: usize,
     pub sniffed: usize,
+    /// Directories whose listing came from the cache (unchanged since a
+    /// previous walk listed them), not read again.
+    pub dirs_cached: usize,
     /// Files read and judged in this walk.
     pub inspected: usize,
     /// Files whose judgement came from the cache (not read).
@@ -78,6 +81,8 @@ pub struct WalkStats {
     seen_modules: Vec<(super::cache::Key, super::cache::Judged)>,
     #[serde(skip)]
     seen_not: Vec<super::cache::Key>,
+    #[serde(skip)]
+    seen_dirs: Vec<((u64, u64), Option<DirRecord>)>,
     pub truncated: Option<String>,
     pub elapsed_ms: f64,
 }
@@ -98,6 +103,12 @@ pub fn find_files(
 
     let t0 = Instant::now();
     let cache = Cache::load(host);
+    let dir_cache = DirCache::load(host);
+    // Directories whose times are this recent are listed, not stored.
+    let racy_before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        .saturating_sub(RACY_SECONDS * 1_000_000_000);
     // Roots inside other roots (after resolving links: /lib/udev is
     // /usr/lib/udev on merged-/usr systems) are walked under their own name,
     // which is the path an administrator knows, and skipped in the outer
@@ -171,6 +182,8 @@ pub fn find_files(
             let finished = walk_one(
                 host,
                 &cache,
+                &dir_cache,
+                racy_before,
                 &dir,
                 depth,
                 limits,
@@ -211,15 +224,20 @@ pub fn find_files(
         ..WalkStats::default()
     };
     let mut out = Vec::new();
-    let (mut seen_modules, mut seen_not) = (Vec::new(), Vec::new());
+    let (mut seen_modules, mut seen_not, mut seen_dirs) = (Vec::new(), Vec::new(), Vec::new());
     for (files, st) in results {
         out.extend(files);
         stats.dirs += st.dirs;
         stats.sniffed += st.sniffed;
         stats.inspected += st.inspected;
         stats.cached += st.cached;
+        stats.dirs_cached += st.dirs_cached;
         seen_modules.extend(st.seen_modules);
         seen_not.extend(st.seen_not);
+        seen_dirs.extend(st.seen_dirs);
+    }
+    if stats.truncated.is_none() {
+        dir_cache.save(seen_dirs);
     }
     if stats.inspected > 0 || stats.cached != seen_modules.len() + seen_not.len() {
         cache.save(seen_modules, seen_not);
@@ -238,6 +256,8 @@ pub fn find_files(
 fn walk_one(
     host: &Host,
     cache: &Cache,
+    dir_cache: &DirCache,
+    racy_before: u64,
     dir: &[u8],
     depth: usize,
     limits: &WalkLimits,
@@ -253,10 +273,6 @@ fn walk_one(
     {
         return true;
     }
-    let Ok(entries) = host.list_dir(bytes_to_path(dir)) else {
-        return true;
-    };
-    stats.dirs += 1;
     let join = |name: &[u8]| {
         let mut p = dir.to_vec();
         if !p.ends_with(b"/") {
@@ -264,6 +280,36 @@ fn walk_one(
         }
         p.extend_from_slice(name);
         p
+    };
+    // The directory itself (a root may be a link: followed, as the listing
+    // would). Unchanged since a walk listed it: its listing is reused.
+    let st = host.stat(bytes_to_path(dir)).ok();
+    if let Some(rec) = st.as_ref().and_then(|st| dir_cache.get(st)) {
+        stats.dirs += 1;
+        stats.dirs_cached += 1;
+        stats.files += rec.entries() as usize;
+        if depth < limits.max_depth {
+            subdirs.extend(rec.subdirs().map(|n| (join(n), depth + 1)));
+        }
+        for name in rec.candidates() {
+            if let Some(m) = inspect_candidate(host, cache, &join(name), name, stats) {
+                out.push(m);
+            }
+        }
+        let k = key_of(st.as_ref().expect("stat above"));
+        stats.seen_dirs.push(((k[0], k[1]), None)); // reused as it is
+        return true;
+    }
+    let Ok(entries) = host.list_dir(bytes_to_path(dir)) else {
+        return true;
+    };
+    stats.dirs += 1;
+    let mut rec = DirRecord {
+        mtime: 0,
+        ctime: 0,
+        entries: entries.len() as u32,
+        subdirs: Vec::new(),
+        candidates: Vec::new(),
     };
     for (i, e) in entries.iter().enumerate() {
         if i % 4096 == 4095 && Instant::now() > deadline {
@@ -273,15 +319,29 @@ fn walk_one(
         let name = &e.name[..];
         use rustix::fs::FileType;
         match e.file_type {
-            FileType::Directory if depth < limits.max_depth => {
-                subdirs.push((join(name), depth + 1))
+            FileType::Directory => {
+                rec.subdirs.push(name.to_vec());
+                if depth < limits.max_depth {
+                    subdirs.push((join(name), depth + 1));
+                }
             }
             FileType::RegularFile | FileType::Unknown if worth_a_look(name) => {
+                rec.candidates.push(name.to_vec());
                 if let Some(m) = inspect_candidate(host, cache, &join(name), name, stats) {
                     out.push(m);
                 }
             }
             _ => {}
+        }
+    }
+    // Stored only when its times are older than the racy window, and
+    // unchanged across the listing.
+    if let (Some(before), Ok(after)) = (st, host.stat(bytes_to_path(dir))) {
+        let (kb, ka) = (key_of(&before), key_of(&after));
+        if kb == ka && ka[3] < racy_before && ka[4] < racy_before {
+            rec.mtime = ka[3];
+            rec.ctime = ka[4];
+            stats.seen_dirs.push(((ka[0], ka[1]), Some(rec)));
         }
     }
     true
