@@ -323,15 +323,7 @@ impl DirCache {
         let mut count = 0u32;
         for (k, r) in &seen {
             match r {
-                Some(r) => encode_one(
-                    &mut out,
-                    *k,
-                    r.mtime,
-                    r.ctime,
-                    r.entries,
-                    &r.subdirs,
-                    &r.candidates,
-                ),
+                Some(r) => encode_record(&mut out, *k, r),
                 None => {
                     let Some(d) = self.dirs.get(k) else { continue };
                     let c = CachedDir { cache: self, d: *d };
@@ -374,21 +366,25 @@ fn encode_one<N: AsRef<[u8]>>(
     }
 }
 
+fn encode_record(out: &mut Vec<u8>, k: (u64, u64), r: &DirRecord) {
+    encode_one(
+        out,
+        k,
+        r.mtime,
+        r.ctime,
+        r.entries,
+        &r.subdirs,
+        &r.candidates,
+    );
+}
+
 /// Encodes records (tests, and the shape [`DirCache::save`] writes).
 pub fn encode_dirs(dirs: &[((u64, u64), DirRecord)]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(DIRS_MAGIC);
     out.extend((dirs.len() as u32).to_le_bytes());
     for (k, r) in dirs {
-        encode_one(
-            &mut out,
-            *k,
-            r.mtime,
-            r.ctime,
-            r.entries,
-            &r.subdirs,
-            &r.candidates,
-        );
+        encode_record(&mut out, *k, r);
     }
     out
 }
