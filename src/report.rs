@@ -205,7 +205,7 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
         let mut kernel = Vec::new();
         match c.hooked_functions {
             Some(n) => kernel.push(format!("{n} functions with ftrace callbacks")),
-            None => kernel.push("ftrace hooks not readable".into()),
+            None => kernel.push("ftrace hooks could not be read (see below)".into()),
         }
         if let Some(n) = c.kprobes {
             kernel.push(format!("{n} kprobes"));
@@ -214,12 +214,14 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
             kernel.push(format!("{n} BPF programs"));
         }
         if c.inet_diag_compared {
-            kernel.push("TCP sockets compared with inet_diag".into());
+            kernel.push(
+                "TCP connections in /proc/net/tcp cross-checked with the kernel's socket diagnostics (what ss uses)".into(),
+            );
         }
         if let Some(a) = &c.allocator {
             kernel.push(match &a.not_applicable {
                 None => format!(
-                    "PID allocator asked about {} PIDs in {:.0} ms ({}): {} held unexplained",
+                    "kernel PID allocator asked about {} PIDs in {:.0} ms (because: {}): {} held by tasks no list shows",
                     a.probed, a.ms, a.reason, a.held_unexplained
                 ),
                 Some(why) => format!("PID allocator not asked: {why}"),

@@ -91,10 +91,8 @@ pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
             .unwrap_or_default();
         for &tid in &tids {
             c.tasks.insert(tid, pid);
-            if let Ok(text) = host.read_text(format!("/proc/{pid}/task/{tid}/children")) {
-                for child in text.split_ascii_whitespace().filter_map(|s| s.parse().ok()) {
-                    c.children.insert(child, pid);
-                }
+            for child in thread_children(host, pid, tid) {
+                c.children.insert(child, pid);
             }
         }
     }
@@ -156,6 +154,26 @@ pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
     }
     c.total_time = t0.elapsed();
     c
+}
+
+/// The children one thread lists (`/proc/PID/task/TID/children`).
+pub fn thread_children(host: &Host, pid: i32, tid: i32) -> Vec<i32> {
+    host.read_text(format!("/proc/{pid}/task/{tid}/children"))
+        .map(|t| {
+            t.split_ascii_whitespace()
+                .filter_map(|s| s.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The children of every thread of a process, read now.
+pub fn children_of(host: &Host, pid: i32) -> BTreeSet<i32> {
+    host.list_pids(format!("/proc/{pid}/task"))
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|tid| thread_children(host, pid, tid))
+        .collect()
 }
 
 /// Reads every cgroup hierarchy's process and thread lists.

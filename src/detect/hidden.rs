@@ -146,7 +146,7 @@ pub fn find(
         }
         if let Some(parent) = census.children.get(&pid) {
             let alive = *parent == 1 || census::kill_probe(*parent) || relisted.contains(parent);
-            if alive && children_of(host, *parent).contains(&pid) {
+            if alive && census::children_of(host, *parent).contains(&pid) {
                 return true;
             }
         }
@@ -417,23 +417,6 @@ pub fn find(
             process,
             notes,
         });
-    }
-    out
-}
-
-/// The children lists of every thread of `parent`, re-read now.
-fn children_of(host: &Host, parent: i32) -> BTreeSet<i32> {
-    let mut out = BTreeSet::new();
-    for tid in host
-        .list_pids(format!("/proc/{parent}/task"))
-        .unwrap_or_default()
-    {
-        if let Ok(t) = host.read_text(format!("/proc/{parent}/task/{tid}/children")) {
-            out.extend(
-                t.split_ascii_whitespace()
-                    .filter_map(|w| w.parse::<i32>().ok()),
-            );
-        }
     }
     out
 }
