@@ -150,6 +150,20 @@ impl Host {
         read_regular(&self.path(path), limit)
     }
 
+    /// Reads the last `limit` bytes of a regular file (a log can be gigabytes
+    /// after a brute-force storm; its newest records are at the end). The
+    /// flag says whether the start was cut.
+    pub fn read_tail(&self, path: impl AsRef<Path>, limit: usize) -> io::Result<(Vec<u8>, bool)> {
+        let p = self.path(path);
+        let fd = open_regular(&p, OFlags::empty())?;
+        let size = rustix::fs::fstat(&fd)?.st_size.max(0) as u64;
+        let start = size.saturating_sub(limit as u64);
+        let mut buf = vec![0u8; (size - start) as usize];
+        let n = pread_all(&fd, &mut buf, start);
+        buf.truncate(n);
+        Ok((buf, start > 0))
+    }
+
     /// Reads a kernel-generated list with [`read_kernel_file`] (fixed-size
     /// `pread`s past short reads), as text. The flag says whether a read past
     /// an early end of file found more.
@@ -665,6 +679,13 @@ pub struct FileMeta {
     pub immutable: bool,
     /// `chattr +a`: can only be appended to.
     pub append_only: bool,
+    /// Last content change and last inode change (seconds since the epoch),
+    /// for the case's timeline. Both can be forged by their owner (`touch`,
+    /// or a changed clock); the timeline says which it quotes.
+    #[serde(skip)]
+    pub mtime: Option<i64>,
+    #[serde(skip)]
+    pub ctime: Option<i64>,
 }
 
 impl FileMeta {
@@ -706,6 +727,8 @@ impl Host {
             uid: Some(st.st_uid),
             mode: Some(format!("{:o}", st.st_mode & 0o7777)),
             size: Some(st.st_size as u64),
+            mtime: Some(st.st_mtime),
+            ctime: Some(st.st_ctime),
             ..FileMeta::default()
         };
         let is_reg = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;

@@ -348,6 +348,10 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
         );
     }
 
+    if let Some(e) = &r.entry {
+        write_entry(&mut s, &st, e);
+    }
+
     if !r.limitations.is_empty() {
         let _ = writeln!(s, "\n{}", st.bold("Not visible in this scan"));
         for l in &r.limitations {
@@ -379,6 +383,54 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
         ))
     );
     out.write_all(s.as_bytes())
+}
+
+/// "How it got in": each case process's lineage and door, then the timeline.
+fn write_entry(s: &mut String, st: &Style, e: &crate::detect::entry::EntryReport) {
+    let _ = writeln!(s, "\n{}", st.bold("How it got in"));
+    for o in &e.origins {
+        let _ = writeln!(
+            s,
+            "  PID {} ({}): {}",
+            o.pid,
+            o.rules.join(", "),
+            crate::detect::entry::chain_line(o)
+        );
+        match &o.door {
+            Some(d) => {
+                let _ = writeln!(
+                    s,
+                    "    door: {}  {}",
+                    d.summary,
+                    st.dim(&format!(
+                        "[{} {}; found by {}]",
+                        d.technique.id, d.technique.name, d.found_by
+                    ))
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "    door: not known from the process alone (see the timeline and the entry.* findings)"
+                );
+            }
+        }
+        for c in &o.context {
+            let _ = writeln!(s, "    {} {c}", st.dim("context:"));
+        }
+    }
+    if !e.timeline.is_empty() {
+        let _ = writeln!(s, "  {}", st.bold("Timeline (UTC)"));
+        for ev in &e.timeline {
+            let _ = writeln!(
+                s,
+                "    {}  {}  {}",
+                ev.time,
+                ev.what,
+                st.dim(&format!("[{}]", ev.source))
+            );
+        }
+    }
 }
 
 /// How many findings of one rule and severity the text report shows in full.
@@ -427,6 +479,8 @@ pub fn verdict_line(r: &Report) -> (&'static str, String) {
                 continue;
             }
             r if r.starts_with("persistence.") => "start-up entr(y/ies) to review",
+            "entry.redis-write" => "sign(s) of files written through Redis",
+            r if r.starts_with("entry.") => "open door(s)",
             _ => "other finding(s)",
         };
         *kinds.entry(kind).or_default() += 1;

@@ -27,16 +27,19 @@ pub enum Check {
     Modules,
     /// Start-up entries: cron, systemd, init scripts, shell start-up, SSH keys.
     Persistence,
+    /// How it got in: the door of each miner, doors left open, the timeline.
+    Entry,
 }
 
 impl Check {
-    pub const ALL: [Check; 6] = [
+    pub const ALL: [Check; 7] = [
         Check::Cpu,
         Check::Miner,
         Check::Hidden,
         Check::Preload,
         Check::Modules,
         Check::Persistence,
+        Check::Entry,
     ];
 }
 
@@ -206,6 +209,10 @@ pub struct Report {
     pub cpu_accounting: Option<detect::hidden::CpuAccounting>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub modules: Option<ModulesSummary>,
+    /// How it got in: each case process's lineage and door, and the case's
+    /// timeline (only when there is a case).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<detect::entry::EntryReport>,
     pub limitations: Vec<String>,
     pub timing: collect::Timing,
 }
@@ -570,10 +577,22 @@ pub fn run_full(
                 Some(fl)
             })
             .collect();
-        let files = persist_files;
         findings.extend(detect::persistence::findings(
-            &files, &flagged, rules, &lookup,
+            &persist_files,
+            &flagged,
+            rules,
+            &lookup,
         ));
+    }
+    let mut entry = None;
+    let mut entry_us = 0;
+    if on(Check::Entry) {
+        let te = Instant::now();
+        let (mut more, report, notes) = entry_stage(host, &snap, &persist_files, &mut findings);
+        findings.append(&mut more);
+        limitations.extend(notes);
+        entry = (!report.is_empty()).then_some(report);
+        entry_us = te.elapsed().as_micros() as u64;
     }
     if on(Check::Cpu) {
         findings.extend(cpu_finding);
@@ -596,6 +615,7 @@ pub fn run_full(
     timing.rootkit_deep_us = rootkit_deep_us;
     timing.module_walk_us = walk_us;
     timing.inspect_us = inspect_us;
+    timing.entry_us = entry_us;
     timing.confirm_interval_us = confirm_sleep_us;
     timing.work_us = timing.first_pass_us + timing.second_pass_us + timing.detect_us
         - confirm_sleep_us.min(timing.detect_us);
@@ -612,6 +632,7 @@ pub fn run_full(
         census: census_summary,
         cpu_accounting,
         modules: modules_summary,
+        entry,
         limitations: snap
             .limitations
             .iter()
@@ -621,6 +642,154 @@ pub fn run_full(
         timing,
     };
     Ok((report, snap))
+}
+
+/// Rules whose findings make a case: what got in and what keeps it.
+fn is_case(f: &Finding) -> bool {
+    f.rule.starts_with("miner.") && f.verdict.is_some()
+        || f.rule == "hidden.process"
+        || f.rule.starts_with("persistence.")
+        || f.rule == "entry.redis-write"
+        || f.rule == "kernel.hook" && f.subject.pid.is_some()
+}
+
+/// How it got in: doors left open (`entry.*` findings), the lineage and door
+/// of every case process (added to its findings' evidence), and the case's
+/// timeline. Returns the new findings, the report section and notes.
+fn entry_stage(
+    host: &Host,
+    snap: &Snapshot,
+    persist: &[collect::persistence::PersistFile],
+    findings: &mut [Finding],
+) -> (Vec<Finding>, detect::entry::EntryReport, Vec<String>) {
+    use detect::entry;
+    let doors = collect::entry::collect(host, snap);
+    let case: Vec<usize> = (0..findings.len())
+        .filter(|&i| is_case(&findings[i]))
+        .collect();
+    let root_pw = doors
+        .sshd
+        .as_ref()
+        .is_some_and(|s| !s.conf.root_password_logins().is_empty());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // Login records are read only when they can answer something: a case,
+    // or an SSH door whose use they show.
+    let logins = (!case.is_empty() || root_pw).then(|| collect::entry::logins::read(host, now));
+    let sha = |b: &[u8]| Some(collect::modules::sha256_hex(b));
+    let out = detect::entry::findings(&doors, persist, logins.as_ref(), &snap.users, &sha);
+    let mut report = entry::EntryReport::default();
+    let mut notes: Vec<String> = doors
+        .notes
+        .iter()
+        .map(|n| format!("configuration not understood: {n}"))
+        .collect();
+    let redis_written: Vec<usize> = (0..out.len())
+        .filter(|&i| out[i].rule == "entry.redis-write")
+        .collect();
+    if case.is_empty() && redis_written.is_empty() {
+        return (out, report, notes);
+    }
+    // Lineage of each case process, once per PID.
+    let mut pids: Vec<i32> = case
+        .iter()
+        .filter_map(|&i| findings[i].subject.pid)
+        .collect();
+    pids.sort();
+    pids.dedup();
+    let mut traces = Vec::new();
+    for pid in pids {
+        let t = collect::entry::lineage::trace(host, snap, pid);
+        let rules: Vec<String> = findings
+            .iter()
+            .filter(|f| f.subject.pid == Some(pid) && is_case(f))
+            .map(|f| f.rule.clone())
+            .collect();
+        let o = entry::origin(&t, rules, &snap.users);
+        for f in findings
+            .iter_mut()
+            .filter(|f| f.subject.pid == Some(pid) && is_case(f))
+        {
+            entry::annotate(f, &o);
+        }
+        report.origins.push(o);
+        traces.push(t);
+    }
+    // The files of the case, with what each is.
+    let mut files: Vec<(String, crate::host::FileMeta, &'static str)> = Vec::new();
+    for o in &report.origins {
+        if let Some(Ok(exe)) = snap.processes.get(&o.pid).map(|p| p.exe.as_ref()) {
+            if !exe.memfd && !exe.deleted {
+                files.push((
+                    escape(&exe.path),
+                    host.file_meta(crate::host::bytes_to_path(&exe.path)),
+                    "written (the executable)",
+                ));
+            }
+        }
+    }
+    // A Redis dump is named as such first (it is also a start-up entry).
+    for f in redis_written
+        .iter()
+        .map(|&i| &out[i])
+        .chain(case.iter().map(|&i| &findings[i]))
+    {
+        let Some(path) = &f.subject.path else {
+            continue;
+        };
+        if let Some(pf) = persist.iter().find(|p| escape(&p.path) == *path) {
+            if !files.iter().any(|(p, _, _)| p == path) {
+                let what = if f.rule == "entry.redis-write" {
+                    "written (a Redis dump)"
+                } else {
+                    "changed (start-up entry)"
+                };
+                files.push((path.clone(), pf.meta.clone(), what));
+            }
+        }
+    }
+    // When each open door's service started: the door was open since then.
+    let mut door_rules: std::collections::BTreeMap<i32, Vec<&str>> = Default::default();
+    for f in out.iter().filter(|f| f.rule.starts_with("entry.")) {
+        if let Some(pid) = f.subject.pid {
+            let rules = door_rules.entry(pid).or_default();
+            if !rules.contains(&f.rule.as_str()) {
+                rules.push(&f.rule);
+            }
+        }
+    }
+    let mut door_events = Vec::new();
+    for (pid, rules) in door_rules {
+        let Some(p) = snap.processes.get(&pid) else {
+            continue;
+        };
+        let l = collect::entry::lineage::link(snap, p);
+        if let Some(start) = l.start {
+            door_events.push(entry::Event::new(
+                start,
+                entry::RANK_START,
+                format!(
+                    "PID {} {} started, serving an open door [{}]",
+                    l.pid,
+                    l.name,
+                    rules.join(", ")
+                ),
+                format!("process start time (ps -o lstart= -p {})", l.pid),
+            ));
+        }
+    }
+    report.timeline = entry::timeline(
+        &report.origins,
+        &traces,
+        &files,
+        logins.as_ref(),
+        &door_events,
+    );
+    if logins.as_ref().is_some_and(|l| l.files.is_empty()) {
+        notes.push("no login records (/var/log/wtmp, btmp, auth.log, secure) could be read: logins are missing from the timeline; on a journald-only machine, `journalctl -u ssh` shows them".into());
+    }
+    (out, report, notes)
 }
 
 /// Findings for BPF programs that call rootkit helpers, with the processes

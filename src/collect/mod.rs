@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod census;
 pub mod cpu;
 pub mod diag;
+pub mod entry;
 pub mod hooks;
 pub mod inspect;
 pub mod minercfg;
@@ -72,6 +73,8 @@ pub struct Timing {
     /// Content signatures, miner configurations and restarter links of the
     /// selected processes (collect::inspect).
     pub inspect_us: u64,
+    /// How it got in: doors, lineages, login records, timeline (detect::entry).
+    pub entry_us: u64,
     /// Everything but the intervals.
     pub work_us: u64,
 }

@@ -2,6 +2,7 @@
 //! severity, evidence and a MITRE ATT&CK technique.
 
 pub mod cpu;
+pub mod entry;
 pub mod hidden;
 pub mod hooks;
 pub mod miner;
@@ -103,6 +104,15 @@ pub fn technique_name(id: &str) -> &'static str {
         "T1098.004" => "Account Manipulation: SSH Authorized Keys",
         "T1053.003" => "Scheduled Task/Job: Cron",
         "T1543.002" => "Create or Modify System Process: Systemd Service",
+        "T1190" => "Exploit Public-Facing Application",
+        "T1505.003" => "Server Software Component: Web Shell",
+        "T1078" => "Valid Accounts",
+        "T1110.001" => "Brute Force: Password Guessing",
+        "T1021.004" => "Remote Services: SSH",
+        "T1610" => "Deploy Container",
+        "T1609" => "Container Administration Command",
+        "T1613" => "Container and Resource Discovery",
+        "T1574.007" => "Hijack Execution Flow: Path Interception by PATH Environment Variable",
         _ => "",
     }
 }

@@ -73,6 +73,10 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// Findings the plan acts on (rule and title).
     pub findings: Vec<String>,
+    /// Doors to close by hand: `quarry fix` never edits a service's
+    /// configuration (a wrong edit can take a production service down), so
+    /// the plan lists each `entry.*` finding's hardening step instead.
+    pub steps: Vec<String>,
 }
 
 impl Plan {
@@ -188,7 +192,7 @@ fn proven(f: &Finding) -> bool {
         || (f.severity == Severity::Critical
             && (matches!(
                 f.rule.as_str(),
-                "hidden.process" | "rootkit.preload" | "module.file"
+                "hidden.process" | "rootkit.preload" | "module.file" | "entry.redis-write"
             ) || f.rule.starts_with("persistence.") && f.subject.pid.is_some()))
 }
 
@@ -348,6 +352,18 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
         }
     }
     plan.edits = edits.into_values().collect();
+    // A file quarantined whole needs no line removed from it.
+    let whole: std::collections::HashSet<&BytePath> =
+        plan.quarantine.iter().map(|q| &q.id.path).collect();
+    plan.edits.retain(|e| !whole.contains(&e.id.path));
+    for f in findings.iter().filter(|f| f.rule.starts_with("entry.")) {
+        if let Some(h) = f.evidence.iter().find(|e| e.key == "harden") {
+            let step = format!("[{}] {}: {}", f.rule, f.title, h.value);
+            if !plan.steps.contains(&step) {
+                plan.steps.push(step);
+            }
+        }
+    }
     if plan.files_touched() > MAX_FILES_UNSCOPED && opts.only.is_empty() && !opts.force {
         plan.refused.push(format!(
             "{} files would be quarantined or edited, more than {MAX_FILES_UNSCOPED}: an incident rarely touches so many, so none is; name them with --only (PIDs, rules or paths) or use --force",
@@ -607,6 +623,15 @@ pub fn describe(plan: &Plan) -> String {
     }
     for r in &plan.notes {
         let _ = writeln!(s, "  note: {r}");
+    }
+    if !plan.steps.is_empty() {
+        let _ = writeln!(
+            s,
+            "  doors to close by hand (fix does not edit service configurations):"
+        );
+        for r in &plan.steps {
+            let _ = writeln!(s, "    - {r}");
+        }
     }
     s
 }
