@@ -22,6 +22,8 @@ pub const TARGETS: &[&str] = &[
     "elf_modinfo",
     "decompress",
     "cgroup",
+    "service_config",
+    "login_records",
 ];
 
 /// Runs one target on one input.
@@ -114,6 +116,41 @@ pub fn run(target: &str, data: &[u8]) {
         }
         "cgroup" => {
             let _ = crate::collect::process::cgroup_context(data);
+        }
+        "service_config" => {
+            // Includes are read from an empty root: only the text is hostile.
+            let host = crate::host::Host::new("/nonexistent-quarry-fuzz-root");
+            let c = crate::collect::entry::sshd::parse(&host, "/etc/ssh/sshd_config", &text);
+            let _ = c.root_password_logins();
+            let _ = crate::collect::entry::redis::parse(&host, "/etc/redis/redis.conf", &text);
+            let argv: Vec<Vec<u8>> = data.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
+            let _ = crate::collect::entry::docker::judge(
+                &argv,
+                Some(("/etc/docker/daemon.json", &text)),
+            );
+            let _ = crate::collect::entry::kubelet::judge(
+                &argv,
+                Some(("/var/lib/kubelet/config.yaml", &text)),
+            );
+            let _ = crate::collect::entry::yarn::judge(
+                Some(("core-site.xml", &text)),
+                Some(("yarn-site.xml", &text)),
+            );
+        }
+        "login_records" => {
+            let mut r = crate::collect::entry::logins::parse_utmp(data, true, "/var/log/wtmp");
+            r.extend(crate::collect::entry::logins::parse_utmp(
+                data,
+                false,
+                "/var/log/btmp",
+            ));
+            r.extend(crate::collect::entry::logins::parse_auth_log(
+                &text,
+                "/var/log/auth.log",
+                1_800_000_000,
+            ));
+            r.sort_by_key(|l| l.time);
+            let _ = crate::collect::entry::logins::bursts(&r, 600, 2);
         }
         other => panic!("unknown fuzz target {other}"),
     }
