@@ -511,19 +511,8 @@ pub fn origin(t: &Trace, rules: Vec<String>, users: &crate::collect::users::User
     if let Some(u) = &t.unit {
         context.push(format!("cgroup unit {u}"));
     }
-    if let Some(c) = &t.container {
-        context.push(format!(
-            "container {}{}{}",
-            c.label,
-            c.name
-                .as_ref()
-                .map(|n| format!(" name {n}"))
-                .unwrap_or_default(),
-            c.image
-                .as_ref()
-                .map(|i| format!(" image {i}"))
-                .unwrap_or_default()
-        ));
+    if t.container.is_some() {
+        context.push(container_what(t));
     }
     if let Some(s) = &t.session {
         context.push(format!(
@@ -843,11 +832,7 @@ pub fn findings(
                 b.failures,
                 rfc3339(b.start),
                 rfc3339(b.end),
-                b.top_sources
-                    .iter()
-                    .map(|(a, n)| format!("{a} ×{n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                b.sources()
             )
         });
         let root_ok: Vec<String> = logins
@@ -859,7 +844,7 @@ pub fn findings(
                     })
                     .rev()
                     .take(3)
-                    .map(|r| format!("{} from {} ({})", rfc3339(r.time), r.from, r.source))
+                    .map(|r| format!("{} from {} ({})", rfc3339(r.time), r.from, r.source()))
                     .collect()
             })
             .unwrap_or_default();
@@ -1089,7 +1074,7 @@ pub fn timeline(
                             .map(|m| format!(" ({m})"))
                             .unwrap_or_default()
                     ),
-                    format!("{} (last -F / journalctl -u ssh)", r.source),
+                    format!("{} (last -F / journalctl -u ssh)", r.source()),
                 ),
             );
         }
@@ -1106,11 +1091,7 @@ pub fn timeline(
                         "{} failed logins until {} from {}",
                         b.failures,
                         rfc3339(b.end),
-                        b.top_sources
-                            .iter()
-                            .map(|(a, n)| format!("{a} ×{n}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        b.sources()
                     ),
                     "failed-login records (lastb / grep 'Failed password')".into(),
                 ),

@@ -28,8 +28,20 @@ pub struct Login {
     pub ok: bool,
     /// `publickey`, `password`, … when the log says.
     pub method: Option<String>,
+    /// The file it was read from.
+    pub file: &'static str,
+    /// The line, in a text log.
+    pub line: Option<usize>,
+}
+
+impl Login {
     /// `/var/log/btmp`, `/var/log/auth.log:1234`.
-    pub source: String,
+    pub fn source(&self) -> String {
+        match self.line {
+            Some(n) => format!("{}:{n}", self.file),
+            None => self.file.to_string(),
+        }
+    }
 }
 
 /// All login records found, oldest first.
@@ -47,7 +59,7 @@ fn cstr(b: &[u8]) -> String {
 
 /// Parses utmp records (`ok`: wtmp, where only USER_PROCESS is a login;
 /// btmp holds failures of any type).
-pub fn parse_utmp(buf: &[u8], ok: bool, source: &str) -> Vec<Login> {
+pub fn parse_utmp(buf: &[u8], ok: bool, file: &'static str) -> Vec<Login> {
     let mut out = Vec::new();
     for rec in buf.chunks_exact(UTMP_SIZE) {
         let ty = i16::from_le_bytes([rec[0], rec[1]]);
@@ -76,7 +88,8 @@ pub fn parse_utmp(buf: &[u8], ok: bool, source: &str) -> Vec<Login> {
             from,
             ok,
             method: None,
-            source: source.to_string(),
+            file,
+            line: None,
         });
     }
     out
@@ -109,7 +122,7 @@ pub fn syslog_time(line: &str, now: i64) -> Option<(i64, &str)> {
         let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
         let mut t = days_from_civil(y, mo as u32, d as u32) * 86400 + h * 3600 + mi * 60 + s;
         let end = line.find(' ')?;
-        let stamp = &line[19..end];
+        let stamp = line.get(19..end)?;
         let tz = stamp.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
         if let Some(off) = tz.strip_prefix('+').or_else(|| tz.strip_prefix('-')) {
             let (oh, om) = off.split_once(':')?;
@@ -135,24 +148,27 @@ pub fn syslog_time(line: &str, now: i64) -> Option<(i64, &str)> {
 
 /// Parses sshd's lines in a syslog file: `Accepted METHOD for USER from ADDR`,
 /// `Failed METHOD for [invalid user] USER from ADDR`.
-pub fn parse_auth_log(text: &str, source: &str, now: i64) -> Vec<Login> {
+pub fn parse_auth_log(text: &str, file: &'static str, now: i64) -> Vec<Login> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
+        // `… sshd[PID]: MESSAGE` (or `sshd: MESSAGE`): one search per line,
+        // these files hold hundreds of thousands of lines after a storm.
         let Some(i) = line
-            .find("]: Accepted ")
-            .or_else(|| line.find("]: Failed "))
-            .or_else(|| line.find(": Accepted "))
-            .or_else(|| line.find(": Failed "))
+            .find("]: ")
+            .map(|i| i + 3)
+            .or_else(|| line.find(": ").map(|i| i + 2))
         else {
             continue;
         };
-        if !line[..i].contains("sshd") {
+        let msg = &line[i..];
+        if !(msg.starts_with("Accepted ") || msg.starts_with("Failed "))
+            || !line[..i].contains("sshd")
+        {
             continue;
         }
         let Some((time, _)) = syslog_time(line, now) else {
             continue;
         };
-        let msg = &line[i..].trim_start_matches([']', ':', ' ']);
         let words: Vec<&str> = msg.split_whitespace().collect();
         if words.len() < 6 {
             continue;
@@ -177,7 +193,8 @@ pub fn parse_auth_log(text: &str, source: &str, now: i64) -> Vec<Login> {
             from: crate::escape::escape_str(from),
             ok,
             method: Some(crate::escape::escape_str(words[1])),
-            source: format!("{source}:{}", n + 1),
+            file,
+            line: Some(n + 1),
         });
     }
     out
@@ -213,6 +230,17 @@ pub struct Burst {
     pub failures: usize,
     /// The most frequent sources, with counts.
     pub top_sources: Vec<(String, usize)>,
+}
+
+impl Burst {
+    /// `198.51.100.9 ×880, 192.0.2.1 ×3`.
+    pub fn sources(&self) -> String {
+        self.top_sources
+            .iter()
+            .map(|(a, n)| format!("{a} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Failed-login bursts: windows of `window` seconds holding at least `min`
@@ -297,7 +325,7 @@ mod tests {
             l[2].time,
             days_from_civil(2026, 11, 27) * 86400 + 9 * 3600 + 14 * 60 + 2
         );
-        assert_eq!(l[3].source, "/var/log/auth.log:6");
+        assert_eq!(l[3].source(), "/var/log/auth.log:6");
         assert_eq!(
             l[3].time,
             days_from_civil(2026, 11, 27) * 86400 + 8 * 3600 + 59 * 60 + 59
@@ -312,7 +340,8 @@ mod tests {
             from: from.into(),
             ok,
             method: None,
-            source: String::new(),
+            file: "",
+            line: None,
         };
         let mut r: Vec<Login> = (0..30)
             .map(|i| mk(1000 + i * 10, "198.51.100.9", false))
