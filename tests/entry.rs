@@ -212,7 +212,10 @@ fn redis_to_cron_is_traced_to_the_open_redis() {
     let (_, out, _) = quarry(&["scan", "--interval", "0.2", "--color", "never"]);
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("How it got in"), "{text}");
-    assert!(text.contains("file(s) written through Redis"), "{text}");
+    assert!(
+        text.contains("sign(s) of files written through Redis"),
+        "{text}"
+    );
     // fix lists the hardening step and quarantines the dump, nothing else.
     let (st, plan) = fix(&["--only", "entry.redis-write"], &[]);
     assert!(st.code().is_some(), "{plan}");
