@@ -28,6 +28,34 @@ pub struct KubeletConf {
     pub errors: Vec<String>,
 }
 
+impl KubeletConf {
+    fn defaults(
+        anon: bool,
+        mode: &str,
+        port: u16,
+        source: &str,
+        config_file: Option<String>,
+    ) -> KubeletConf {
+        let set = |v| Setting {
+            value: v,
+            source: source.to_string(),
+        };
+        KubeletConf {
+            anonymous: set(anon),
+            authorization_mode: Setting {
+                value: mode.to_string(),
+                source: source.to_string(),
+            },
+            read_only_port: Setting {
+                value: port,
+                source: source.to_string(),
+            },
+            config_file,
+            errors: Vec::new(),
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct FileConf {
@@ -103,42 +131,18 @@ pub fn judge(cmdline: &[Vec<u8>], file: Option<(&str, &str)>) -> KubeletConf {
             None => None,
         };
         (
-            KubeletConf {
-                anonymous: Setting {
-                    value: false,
-                    source: "default (config file)".into(),
-                },
-                authorization_mode: Setting {
-                    value: "Webhook".into(),
-                    source: "default (config file)".into(),
-                },
-                read_only_port: Setting {
-                    value: 0,
-                    source: "default (config file)".into(),
-                },
-                config_file: config_file.clone(),
-                errors: Vec::new(),
-            },
+            KubeletConf::defaults(
+                false,
+                "Webhook",
+                0,
+                "default (config file)",
+                config_file.clone(),
+            ),
             fc,
         )
     } else {
         (
-            KubeletConf {
-                anonymous: Setting {
-                    value: true,
-                    source: "default (no --config)".into(),
-                },
-                authorization_mode: Setting {
-                    value: "AlwaysAllow".into(),
-                    source: "default (no --config)".into(),
-                },
-                read_only_port: Setting {
-                    value: 10255,
-                    source: "default (no --config)".into(),
-                },
-                config_file: None,
-                errors: Vec::new(),
-            },
+            KubeletConf::defaults(true, "AlwaysAllow", 10255, "default (no --config)", None),
             None,
         )
     };

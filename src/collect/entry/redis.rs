@@ -13,12 +13,9 @@ use crate::host::Host;
 /// Deepest `include` nesting followed.
 const MAX_DEPTH: usize = 8;
 
-/// A setting's value and where it was set (`None`: Redis's default).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Setting {
-    pub value: String,
-    pub source: Option<Source>,
-}
+/// A setting's value and where it was set (`None`: Redis's default): the
+/// same shape as an sshd_config value.
+pub use super::sshd::Value as Setting;
 
 /// What one configuration file (with its includes) says.
 #[derive(Debug, Clone, PartialEq, Eq)]
