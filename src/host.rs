@@ -249,6 +249,44 @@ impl Host {
         Ok(rustix::fs::lstat(self.path(path))?)
     }
 
+    /// `stat` (`follow`) or `lstat` of a path given as bytes, built in
+    /// `scratch` with its NUL: no allocation once `scratch` has grown. The
+    /// module walk stats some 40,000 paths per scan; building a `PathBuf`
+    /// twice for each showed in its profile.
+    pub fn stat_bytes(
+        &self,
+        path: &[u8],
+        follow: bool,
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<rustix::fs::Stat> {
+        if self.proc_dir.is_some() && (path == b"/proc" || path.starts_with(b"/proc/")) {
+            let p = self.path(bytes_to_path(path));
+            return Ok(if follow {
+                rustix::fs::stat(p)?
+            } else {
+                rustix::fs::lstat(p)?
+            });
+        }
+        let root = self.root.as_os_str().as_bytes();
+        let rel = path.strip_prefix(b"/").unwrap_or(path);
+        scratch.clear();
+        scratch.extend_from_slice(root);
+        if !rel.is_empty() {
+            if !scratch.ends_with(b"/") {
+                scratch.push(b'/');
+            }
+            scratch.extend_from_slice(rel);
+        }
+        scratch.push(0);
+        let c = std::ffi::CStr::from_bytes_with_nul(scratch)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a path"))?;
+        Ok(if follow {
+            rustix::fs::stat(c)?
+        } else {
+            rustix::fs::lstat(c)?
+        })
+    }
+
     /// True if the path exists (without following a final link).
     pub fn exists(&self, path: impl AsRef<Path>) -> bool {
         self.lstat(path).is_ok()

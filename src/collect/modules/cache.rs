@@ -123,7 +123,9 @@ impl Cache {
         let Ok(data) = serde_json::to_vec(&s) else {
             return;
         };
-        let _ = write_private(Path::new(CACHE_DIR), CACHE_FILE, &data, true);
+        // A cache: no fsync, as for dirs.bin (a torn file fails to parse and
+        // is ignored; a new file in /tmp rewrites it on most scans).
+        let _ = write_private(Path::new(CACHE_DIR), CACHE_FILE, &data);
     }
 }
 
@@ -170,8 +172,8 @@ fn read_private(dir: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 /// Writes a root-only file through a new temporary file and a rename;
-/// `sync` makes it durable first.
-fn write_private(dir: &Path, name: &str, data: &[u8], sync: bool) -> std::io::Result<()> {
+/// Not synced: what it holds is a cache.
+fn write_private(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()
@@ -191,9 +193,6 @@ fn write_private(dir: &Path, name: &str, data: &[u8], sync: bool) -> std::io::Re
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     f.write_all(data)?;
-    if sync {
-        f.sync_all()?;
-    }
     std::fs::rename(&tmp, dir.join(name))
 }
 
@@ -336,7 +335,7 @@ impl DirCache {
         }
         out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
         // A cache: no fsync (a torn file fails to decode and is ignored).
-        let _ = write_private(Path::new(CACHE_DIR), DIRS_FILE, &out, false);
+        let _ = write_private(Path::new(CACHE_DIR), DIRS_FILE, &out);
     }
 }
 

@@ -1,5 +1,7 @@
 //! The module-file walk: bounded in depth, entries and time, on every CPU.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -90,6 +92,92 @@ pub struct WalkStats {
 /// A directory to walk (raw path bytes) and its depth.
 type DirItem = (Vec<u8>, usize);
 
+/// What every directory of one walk is judged with.
+#[derive(Clone, Copy)]
+struct Walker<'a> {
+    host: &'a Host,
+    cache: &'a Cache,
+    dir_cache: &'a DirCache,
+    racy_before: u64,
+    limits: &'a WalkLimits,
+    skip: &'a [Vec<u8>],
+    deadline: Instant,
+}
+
+/// A worker's reusable path buffers: a candidate's path, and any path with
+/// its NUL for a stat.
+#[derive(Default)]
+struct Scratch {
+    path: Vec<u8>,
+    c: Vec<u8>,
+}
+
+/// The directories waiting for a worker, and how many workers wait.
+struct Queue {
+    dirs: Vec<DirItem>,
+    idle: usize,
+}
+
+/// The walk's shared queue. Each worker walks depth-first from its own stack
+/// and hands half of it over only when another worker is idle: a shared
+/// queue touched for every directory cost a lock, and a wake-up, per
+/// directory (63,000 futex calls for 29,000 directories in one profile).
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// `Queue::idle`, readable without the lock.
+    idle: AtomicUsize,
+    stop: AtomicBool,
+    workers: usize,
+}
+
+impl Shared {
+    /// The next directory from the shared queue, waiting while other workers
+    /// may still add some; `None` when the walk is over (every worker idle
+    /// with nothing queued) or stopped.
+    fn take(&self) -> Option<DirItem> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(item) = q.dirs.pop() {
+                return Some(item);
+            }
+            q.idle += 1;
+            self.idle.store(q.idle, Ordering::Relaxed);
+            if q.idle == self.workers {
+                // Every worker is here with an empty stack: nothing is left.
+                self.stop.store(true, Ordering::Relaxed);
+                self.wake.notify_all();
+                return None;
+            }
+            q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.idle -= 1;
+            self.idle.store(q.idle, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands the older half of a worker's stack (the shallower directories,
+    /// the larger subtrees) to idle workers, if any.
+    fn offer(&self, local: &mut Vec<DirItem>) {
+        if local.len() < 2 || self.idle.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let half: Vec<DirItem> = local.drain(..local.len() / 2).collect();
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.dirs.extend(half);
+        self.wake.notify_all();
+    }
+
+    /// Stops every worker (a limit was reached).
+    fn halt(&self) {
+        let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+    }
+}
+
 /// Finds kernel module files under `roots`, on every CPU: workers share a
 /// queue of directories (the walk is bound by `getdents64` and `stat` system
 /// calls, which run in parallel).
@@ -98,9 +186,6 @@ pub fn find_files(
     roots: &[String],
     limits: &WalkLimits,
 ) -> (Vec<ModuleFile>, WalkStats) {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Condvar, Mutex};
-
     let t0 = Instant::now();
     let cache = Cache::load(host);
     let dir_cache = DirCache::load(host);
@@ -140,15 +225,21 @@ pub fn find_files(
         }
     }
     start.reverse();
-    // (queue, workers busy with a directory)
-    let queue: Mutex<(Vec<DirItem>, usize)> = Mutex::new((start, 0));
-    let wake = Condvar::new();
-    let entries_seen = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let truncated: Mutex<Option<String>> = Mutex::new(None);
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
+    let shared = Shared {
+        queue: Mutex::new(Queue {
+            dirs: start,
+            idle: 0,
+        }),
+        wake: Condvar::new(),
+        idle: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        workers,
+    };
+    let entries_seen = AtomicUsize::new(0);
+    let truncated: Mutex<Option<String>> = Mutex::new(None);
 
     let worker = || {
         // The walk runs during the CPU sample: at the lowest priority, so it
@@ -159,37 +250,24 @@ pub fn find_files(
         }
         let mut out = Vec::new();
         let mut stats = WalkStats::default();
-        loop {
-            let (dir, depth) = {
-                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return (out, stats);
-                    }
-                    if let Some(item) = q.0.pop() {
-                        q.1 += 1;
-                        break item;
-                    }
-                    if q.1 == 0 {
-                        wake.notify_all();
-                        return (out, stats);
-                    }
-                    q = wake.wait(q).unwrap_or_else(|e| e.into_inner());
-                }
-            };
-            let mut subdirs = Vec::new();
-            let deadline = t0 + limits.max_time;
+        let mut local: Vec<DirItem> = Vec::new();
+        let mut scratch = Scratch::default();
+        let deadline = t0 + limits.max_time;
+        while let Some((dir, depth)) = local.pop().or_else(|| shared.take()) {
             let finished = walk_one(
-                host,
-                &cache,
-                &dir_cache,
-                racy_before,
+                &Walker {
+                    host,
+                    cache: &cache,
+                    dir_cache: &dir_cache,
+                    racy_before,
+                    limits,
+                    skip: &skip,
+                    deadline,
+                },
                 &dir,
                 depth,
-                limits,
-                &skip,
-                deadline,
-                &mut subdirs,
+                &mut scratch,
+                &mut local,
                 &mut out,
                 &mut stats,
             );
@@ -205,13 +283,12 @@ pub fn find_files(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get_or_insert(why);
-                stop.store(true, Ordering::Relaxed);
+                shared.halt();
+                break;
             }
-            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-            q.0.extend(subdirs);
-            q.1 -= 1;
-            wake.notify_all();
+            shared.offer(&mut local);
         }
+        (out, stats)
     };
     let results: Vec<(Vec<ModuleFile>, WalkStats)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers).map(|_| s.spawn(worker)).collect();
@@ -252,21 +329,24 @@ pub fn find_files(
 /// `subdirs`. Paths stay bytes: a directory named with invalid UTF-8 is walked
 /// like any other. Returns false when the deadline passed inside the directory
 /// (a directory of millions of entries cannot stall the scan).
-#[allow(clippy::too_many_arguments)]
 fn walk_one(
-    host: &Host,
-    cache: &Cache,
-    dir_cache: &DirCache,
-    racy_before: u64,
+    w: &Walker,
     dir: &[u8],
     depth: usize,
-    limits: &WalkLimits,
-    skip: &[Vec<u8>],
-    deadline: Instant,
+    scratch: &mut Scratch,
     subdirs: &mut Vec<DirItem>,
     out: &mut Vec<ModuleFile>,
     stats: &mut WalkStats,
 ) -> bool {
+    let Walker {
+        host,
+        cache,
+        dir_cache,
+        racy_before,
+        limits,
+        skip,
+        deadline,
+    } = *w;
     let skipped = |s: &[u8]| dir == s || (dir.starts_with(s) && dir.get(s.len()) == Some(&b'/'));
     if SKIP_DIRS.iter().any(|s| skipped(s.as_bytes()))
         || (depth > 0 && skip.iter().any(|s| skipped(s)))
@@ -274,16 +354,15 @@ fn walk_one(
         return true;
     }
     let join = |name: &[u8]| {
-        let mut p = dir.to_vec();
-        if !p.ends_with(b"/") {
-            p.push(b'/');
-        }
-        p.extend_from_slice(name);
+        let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+        join_into(&mut p, dir, name);
         p
     };
+    // A candidate's path, built in one buffer reused for every candidate.
+    let mut cand = std::mem::take(&mut scratch.path);
     // The directory itself (a root may be a link: followed, as the listing
     // would). Unchanged since a walk listed it: its listing is reused.
-    let st = host.stat(bytes_to_path(dir)).ok();
+    let st = host.stat_bytes(dir, true, &mut scratch.c).ok();
     if let Some(rec) = st.as_ref().and_then(|st| dir_cache.get(st)) {
         stats.dirs += 1;
         stats.dirs_cached += 1;
@@ -292,10 +371,12 @@ fn walk_one(
             subdirs.extend(rec.subdirs().map(|n| (join(n), depth + 1)));
         }
         for name in rec.candidates() {
-            if let Some(m) = inspect_candidate(host, cache, &join(name), name, stats) {
+            join_into(&mut cand, dir, name);
+            if let Some(m) = inspect_candidate(host, cache, &cand, name, &mut scratch.c, stats) {
                 out.push(m);
             }
         }
+        scratch.path = cand;
         let k = key_of(st.as_ref().expect("stat above"));
         stats.seen_dirs.push(((k[0], k[1]), None)); // reused as it is
         return true;
@@ -327,16 +408,19 @@ fn walk_one(
             }
             FileType::RegularFile | FileType::Unknown if worth_a_look(name) => {
                 rec.candidates.push(name.to_vec());
-                if let Some(m) = inspect_candidate(host, cache, &join(name), name, stats) {
+                join_into(&mut cand, dir, name);
+                if let Some(m) = inspect_candidate(host, cache, &cand, name, &mut scratch.c, stats)
+                {
                     out.push(m);
                 }
             }
             _ => {}
         }
     }
+    scratch.path = cand;
     // Stored only when its times are older than the racy window, and
     // unchanged across the listing.
-    if let (Some(before), Ok(after)) = (st, host.stat(bytes_to_path(dir))) {
+    if let (Some(before), Ok(after)) = (st, host.stat_bytes(dir, true, &mut scratch.c)) {
         let (kb, ka) = (key_of(&before), key_of(&after));
         if kb == ka && ka[3] < racy_before && ka[4] < racy_before {
             rec.mtime = ka[3];
@@ -345,6 +429,16 @@ fn walk_one(
         }
     }
     true
+}
+
+/// `dir/name` into `out` (cleared first).
+fn join_into(out: &mut Vec<u8>, dir: &[u8], name: &[u8]) {
+    out.clear();
+    out.extend_from_slice(dir);
+    if !out.ends_with(b"/") {
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
 }
 
 fn compression_of(name: &[u8]) -> Option<Option<&'static str>> {
@@ -388,9 +482,10 @@ fn inspect_candidate(
     cache: &Cache,
     path: &[u8],
     name: &[u8],
+    scratch: &mut Vec<u8>,
     stats: &mut WalkStats,
 ) -> Option<ModuleFile> {
-    let st = host.lstat(bytes_to_path(path)).ok()?;
+    let st = host.stat_bytes(path, false, scratch).ok()?;
     let key = key_of(&st);
     if let Some(j) = cache.module(&key) {
         stats.cached += 1;
@@ -428,4 +523,58 @@ fn inspect_candidate(
     }
     stats.seen_modules.push((key, Judged::of(&m)));
     Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree of `width`^`depth` directories, each with one module-like name.
+    fn tree(at: &std::path::Path, width: usize, depth: usize) -> usize {
+        let mut made = 0;
+        if depth == 0 {
+            return made;
+        }
+        for i in 0..width {
+            let d = at.join(format!("d{i}"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("x.ko"), b"not really a module").unwrap();
+            made += 1 + tree(&d, width, depth - 1);
+        }
+        made
+    }
+
+    #[test]
+    fn every_worker_ends_and_every_directory_is_walked_once() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = tree(t.path(), 4, 5); // 1,364 directories
+        let root = t.path().to_string_lossy().into_owned();
+        // The same root twice is walked once.
+        let (found, stats) = find_files(
+            &Host::new("/"),
+            &[root.clone(), root.clone()],
+            &WalkLimits::default(),
+        );
+        assert_eq!(stats.dirs, dirs + 1);
+        assert_eq!(found.len(), dirs);
+        assert_eq!(stats.files, 2 * dirs);
+        assert!(stats.truncated.is_none());
+    }
+
+    #[test]
+    fn a_limit_stops_every_worker() {
+        let t = tempfile::tempdir().unwrap();
+        tree(t.path(), 4, 5);
+        let root = t.path().to_string_lossy().into_owned();
+        let limits = WalkLimits {
+            max_entries: 100,
+            ..WalkLimits::default()
+        };
+        let (_, stats) = find_files(&Host::new("/"), &[root], &limits);
+        assert_eq!(
+            stats.truncated.as_deref(),
+            Some("stopped after 100 entries")
+        );
+        assert!(stats.dirs < 1364, "{} directories walked", stats.dirs);
+    }
 }
