@@ -171,7 +171,7 @@ fn read_private(dir: &Path, name: &str) -> Option<Vec<u8>> {
     crate::host::read_regular(&p, 64 * 1024 * 1024).ok()
 }
 
-/// Writes a root-only file through a new temporary file and a rename;
+/// Writes a root-only file through a new temporary file and a rename.
 /// Not synced: what it holds is a cache.
 fn write_private(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
