@@ -265,6 +265,13 @@ pub fn run_full(
             (r, t.elapsed())
         })
     });
+    // The rootkit views do not depend on the sample: they are read during
+    // it, on their own thread (at normal priority: the census must not wait
+    // behind a miner; its CPU is Quarry's, left out of the busy share).
+    let views = on(Check::Hidden).then(|| {
+        let (h, f) = (host.clone(), fresh.as_ref().map(|f| f.host().clone()));
+        std::thread::spawn(move || RootkitViews::read(&h, f.as_ref()))
+    });
     let snap = collect::sample(host, &collect_opts)?;
     let t = Instant::now();
     let me = host.is_live().then(|| std::process::id() as i32);
@@ -282,35 +289,21 @@ pub fn run_full(
     if on(Check::Hidden) {
         let fresh_host = fresh.as_ref().map(|f| f.host());
         let tc = Instant::now();
-        // The kernel's records of hooks: a few small files, every scan.
-        // tracefs and debugfs are mounted privately where the machine has none.
         let live = host.is_live();
-        let tracefs = (live && !host.exists("/sys/kernel/tracing/enabled_functions"))
-            .then(|| PrivateMount::open("tracefs").ok())
-            .flatten();
-        let debugfs = (live && !host.exists("/sys/kernel/debug/sched"))
-            .then(|| PrivateMount::open("debugfs").ok())
-            .flatten();
-        let tv = Instant::now();
-        let hooks = collect::hooks::read(host, tracefs.as_ref(), debugfs.as_ref());
-        let listed_modules: std::collections::BTreeSet<String> = host
-            .read_text("/proc/modules")
-            .map(|t| {
-                collect::modules::parse_proc_modules(&t)
-                    .into_keys()
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut hook_findings = detect::hooks::findings(&hooks, &listed_modules);
-        let mut views = tv.elapsed();
-        let census = collect::census::take(host, fresh_host);
-        let tb = Instant::now();
-        let progs = collect::bpf::enumerate(host);
-        views += tb.elapsed() + census.diag_time;
-        rootkit_views_us = views.as_micros() as u64;
-        if progs.programs.iter().any(|p| !p.helpers.is_empty()) {
-            hook_findings.extend(bpf_findings(host, &progs, &census));
-        }
+        let RootkitViews {
+            tracefs: _tracefs,
+            debugfs,
+            hooks,
+            hook_findings,
+            census,
+            progs,
+            took,
+        } = match views.map(|v| v.join()) {
+            Some(Ok(v)) => v,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => RootkitViews::read(host, fresh_host),
+        };
+        rootkit_views_us = took.as_micros() as u64;
         hook_suspect = !hook_findings.is_empty();
         vmalloc_hooked = hooks.enabled.iter().flatten().any(|e| {
             e.function == "s_show" || e.function.contains("vmalloc") || e.function.contains("vmap")
@@ -794,6 +787,66 @@ fn entry_stage(
 
 /// Findings for BPF programs that call rootkit helpers, with the processes
 /// holding them and the kernel's own warnings about them.
+/// What the hidden-process and rootkit checks read before judging: the
+/// kernel's records of hooks, the census of every view of tasks, and the BPF
+/// programs.
+struct RootkitViews {
+    /// Private tracefs and debugfs mounts where the machine has none: kept
+    /// open for the later reads (the scheduler's list) and unmounted on drop.
+    tracefs: Option<PrivateMount>,
+    debugfs: Option<PrivateMount>,
+    hooks: collect::hooks::Hooks,
+    /// Hooks and BPF programs that are findings in themselves.
+    hook_findings: Vec<Finding>,
+    census: collect::census::Census,
+    progs: collect::bpf::Programs,
+    /// The hook, BPF and socket-diagnostics reads (not the census's walk of
+    /// the process lists, reported apart).
+    took: Duration,
+}
+
+impl RootkitViews {
+    fn read(host: &Host, fresh: Option<&Host>) -> RootkitViews {
+        // The kernel's records of hooks: a few small files, every scan.
+        // tracefs and debugfs are mounted privately where the machine has none.
+        let live = host.is_live();
+        let tracefs = (live && !host.exists("/sys/kernel/tracing/enabled_functions"))
+            .then(|| PrivateMount::open("tracefs").ok())
+            .flatten();
+        let debugfs = (live && !host.exists("/sys/kernel/debug/sched"))
+            .then(|| PrivateMount::open("debugfs").ok())
+            .flatten();
+        let tv = Instant::now();
+        let hooks = collect::hooks::read(host, tracefs.as_ref(), debugfs.as_ref());
+        let listed_modules: std::collections::BTreeSet<String> = host
+            .read_text("/proc/modules")
+            .map(|t| {
+                collect::modules::parse_proc_modules(&t)
+                    .into_keys()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut hook_findings = detect::hooks::findings(&hooks, &listed_modules);
+        let mut took = tv.elapsed();
+        let census = collect::census::take(host, fresh);
+        let tb = Instant::now();
+        let progs = collect::bpf::enumerate(host);
+        took += tb.elapsed() + census.diag_time;
+        if progs.programs.iter().any(|p| !p.helpers.is_empty()) {
+            hook_findings.extend(bpf_findings(host, &progs, &census));
+        }
+        RootkitViews {
+            tracefs,
+            debugfs,
+            hooks,
+            hook_findings,
+            census,
+            progs,
+            took,
+        }
+    }
+}
+
 fn bpf_findings(
     host: &Host,
     progs: &collect::bpf::Programs,
