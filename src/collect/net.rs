@@ -79,10 +79,11 @@ pub fn read_tcp_all_namespaces(host: &Host, pids: &[i32]) -> Vec<Socket> {
     out
 }
 
-/// Every socket inode in `/proc/net/{tcp,tcp6,udp,udp6}` (with its line) and
-/// `/proc/net/unix` (inode only), for the census's orphan-socket view.
-pub fn read_all_inodes(host: &Host) -> (Vec<Socket>, Vec<u64>) {
-    let mut inet = read_tcp(host);
+/// Every socket inode in `tcp` (from [`read_tcp`]), `/proc/net/{udp,udp6}`
+/// (with its line) and `/proc/net/unix` (inode only), for the census's
+/// orphan-socket view.
+pub fn read_all_inodes(host: &Host, tcp: Vec<Socket>) -> (Vec<Socket>, Vec<u64>) {
+    let mut inet = tcp;
     for (file, proto) in [("/proc/net/udp", "udp"), ("/proc/net/udp6", "udp6")] {
         if let Ok(text) = host.read_text(file) {
             inet.extend(parse_sockets(&text, proto));

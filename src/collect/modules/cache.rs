@@ -71,7 +71,8 @@ struct Stored {
 pub struct Cache {
     enabled: bool,
     modules: HashMap<Key, Judged>,
-    not_modules: HashSet<u64>,
+    /// Already SipHash values: hashed again only by a multiply.
+    not_modules: HashSet<u64, std::hash::BuildHasherDefault<InodeHasher>>,
 }
 
 impl Cache {
