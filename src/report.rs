@@ -10,7 +10,9 @@ use std::io::{self, Write};
 use std::collections::BTreeMap;
 
 use crate::detect::{Finding, Severity};
-use crate::scan::Report;
+
+pub mod model;
+pub use model::Report;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,328 @@
+//! The hidden-process and kernel-rootkit stage of a scan: the views read
+//! during the CPU sample ([`RootkitViews`]), then the judging after it
+//! (hidden tasks, unexplained CPU, hooks, BPF programs, hidden sockets).
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::ScanOptions;
+use crate::collect::{self, process::Process, Snapshot};
+use crate::detect::{self, Finding};
+use crate::escape::escape;
+use crate::host::{Host, PrivateMount};
+use crate::report::model::{AllocatorSummary, CensusSummary};
+use crate::rules::Rules;
+
+/// What the stage adds to the scan.
+#[derive(Default)]
+pub(super) struct HiddenStage {
+    pub findings: Vec<Finding>,
+    pub limitations: Vec<String>,
+    pub census: Option<CensusSummary>,
+    pub accounting: Option<detect::hidden::CpuAccounting>,
+    /// Processes reported as hidden or as a BPF rootkit's loader: not judged
+    /// again as miners.
+    pub hidden_pids: Vec<i32>,
+    /// A hook or rootkit BPF program was found (the loaded-module views then
+    /// read more).
+    pub hook_suspect: bool,
+    /// The vmallocinfo printer or the vmalloc code is hooked.
+    pub vmalloc_hooked: bool,
+    pub views_us: u64,
+    pub deep_us: u64,
+    pub confirm_sleep_us: u64,
+    pub census_us: u64,
+}
+
+/// Judges the views (joined from their thread) against the CPU sample.
+pub(super) fn hidden_stage(
+    host: &Host,
+    fresh_host: Option<&Host>,
+    views: JoinHandle<RootkitViews>,
+    snap: &Snapshot,
+    collect_opts: &collect::Options,
+    opts: &ScanOptions,
+    rules: &Rules,
+) -> HiddenStage {
+    let mut out = HiddenStage::default();
+    let tc = Instant::now();
+    let live = host.is_live();
+    let RootkitViews {
+        tracefs: _tracefs,
+        debugfs,
+        hooks,
+        hook_findings,
+        census,
+        progs,
+        took,
+    } = match views.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    out.views_us = took.as_micros() as u64;
+    out.hook_suspect = !hook_findings.is_empty();
+    out.vmalloc_hooked = hooks.enabled.iter().flatten().any(|e| {
+        e.function == "s_show" || e.function.contains("vmalloc") || e.function.contains("vmap")
+    });
+    let mut acc = detect::hidden::account(snap);
+    // Inside a child PID namespace (a container), /proc/stat counts the
+    // whole machine but only the namespace's processes are visible:
+    // the comparison cannot tell hidden CPU from other containers'.
+    let nested = live && host.in_child_pid_namespace();
+    if nested {
+        out.limitations.push(
+            "running inside a child PID namespace (a container): CPU used outside it cannot be told from hidden CPU, so the hidden-CPU check is not applicable; run Quarry in the host's PID namespace (hostPID) for it".into(),
+        );
+    }
+    let big_enough = snap.elapsed >= Duration::from_millis(200);
+    // The costly rootkit views run when something points at a rootkit.
+    let reason = if opts.deep {
+        Some("--deep")
+    } else if !hook_findings.is_empty() {
+        Some("a kernel hook")
+    } else if !nested && big_enough && acc.is_large() {
+        Some("unexplained CPU")
+    } else {
+        None
+    };
+    let mut extra = detect::hidden::ExtraViews::default();
+    let mut allocator = None;
+    let tdeep = Instant::now();
+    if let (Some(reason), true) = (reason, live) {
+        extra.sched = collect::sched::read(host, debugfs.as_ref()).ok();
+        let explained = detect::hidden::allocator_explained(&census, snap);
+        let pids: Vec<i32> = (1..census.pid_max)
+            .filter(|p| !explained.contains(p))
+            .collect();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        allocator = Some(match collect::pidalloc::probe(&pids, workers) {
+            Ok(a) => {
+                extra.allocator_usable = true;
+                extra.allocator_held = a.held.clone();
+                AllocatorSummary {
+                    reason: reason.into(),
+                    probed: a.probed,
+                    held_unexplained: a.held.len(),
+                    ms: a.took.as_secs_f64() * 1e3,
+                    not_applicable: None,
+                }
+            }
+            Err(e) => {
+                out.limitations.push(format!(
+                    "the PID allocator could not be asked ({}): a task hidden from every list and lookup is found only through the CPU it uses",
+                    e.0
+                ));
+                AllocatorSummary {
+                    reason: reason.into(),
+                    probed: 0,
+                    held_unexplained: 0,
+                    ms: 0.0,
+                    not_applicable: Some(e.0),
+                }
+            }
+        });
+    }
+    out.deep_us = tdeep.elapsed().as_micros() as u64;
+    let mut hidden = detect::hidden::find(host, fresh_host, &census, snap, &extra);
+    // Tasks every lookup denies: recover them from the scheduler's list.
+    if extra.sched.is_none() && live && hidden.iter().any(|h| h.process.is_none()) {
+        extra.sched = collect::sched::read(host, debugfs.as_ref()).ok();
+        if extra.sched.is_some() {
+            hidden = detect::hidden::find(host, fresh_host, &census, snap, &extra);
+        }
+    }
+    out.hidden_pids = hidden.iter().map(|h| h.pid).collect();
+    // A BPF rootkit's loader is reported as what it is (its kernel.hook
+    // finding names and removes it), not judged again as a miner.
+    out.hidden_pids.extend(
+        hook_findings
+            .iter()
+            .filter(|f| f.rule == "kernel.hook")
+            .filter_map(|f| f.subject.pid),
+    );
+    // A second, shorter sample: confirms unexplained CPU, and measures
+    // what the hidden processes found use over it.
+    let confirm = !nested && acc.is_large() && big_enough;
+    if live && (confirm || !hidden.is_empty()) {
+        let mut o = collect_opts.clone();
+        o.interval = opts
+            .interval
+            .clamp(Duration::from_millis(500), Duration::from_secs(1));
+        out.confirm_sleep_us = o.interval.as_micros() as u64;
+        let need_sched = hidden.iter().any(|h| h.process.is_none());
+        let sched_now = || {
+            need_sched
+                .then(|| {
+                    collect::sched::read(host, debugfs.as_ref())
+                        .ok()
+                        .map(|x| x.0)
+                })
+                .flatten()
+        };
+        let ticks = snap.ticks_per_second;
+        let s0 = sched_now();
+        let before: Vec<Option<f64>> = hidden
+            .iter()
+            .map(|h| detect::hidden::cpu_seconds(host, fresh_host, s0.as_ref(), h, ticks))
+            .collect();
+        let t0 = Instant::now();
+        let snap2 = collect::sample(host, &o);
+        let s1 = sched_now();
+        let after: Vec<Option<f64>> = hidden
+            .iter()
+            .map(|h| detect::hidden::cpu_seconds(host, fresh_host, s1.as_ref(), h, ticks))
+            .collect();
+        let secs = t0.elapsed().as_secs_f64();
+        let share = detect::hidden::attribute(&mut hidden, &before, &after, secs, snap.host.cpus);
+        acc.attribute_hidden(share);
+        if confirm {
+            if let Ok(snap2) = snap2 {
+                let mut acc2 = detect::hidden::account(&snap2);
+                acc2.attribute_hidden(share);
+                out.findings
+                    .extend(detect::hidden::cpu_finding(&acc, &acc2, &hidden));
+            }
+        }
+    }
+    out.findings
+        .extend(detect::hidden::findings(&hidden, snap, rules));
+    out.findings.extend(detect::hidden::socket_findings(
+        &census, rules, &hidden, host, fresh_host,
+    ));
+    out.findings.extend(hook_findings);
+    out.limitations.extend(hooks.notes.iter().cloned());
+    if !census.probed {
+        out.limitations.push(
+        "system-call probes of the PID space were skipped (offline root): hidden processes are found only from cgroup and children lists".into(),
+    );
+    }
+    out.census = Some(CensusSummary {
+        pid_max: census.pid_max,
+        listed_processes: census.listed.len(),
+        threads: census.tasks.len(),
+        cgroup_hierarchies: census.cgroup_roots.clone(),
+        probed: census.probed,
+        probe_answers: census.probe_kill.len(),
+        private_procfs: fresh_host.is_some(),
+        hidden: hidden.len(),
+        orphan_sockets: census.orphan_inet.len(),
+        orphan_unix_sockets: census.orphan_unix,
+        probe_ms: census.probe_time.as_secs_f64() * 1e3,
+        census_ms: census.total_time.as_secs_f64() * 1e3,
+        allocator,
+        sched_source: extra.sched.as_ref().map(|(_, s)| s.clone()),
+        hooked_functions: hooks.enabled.as_ref().map(Vec::len),
+        kprobes: hooks.kprobes.as_ref().map(Vec::len),
+        bpf_programs: host.is_live().then_some(progs.programs.len()),
+        inet_diag_compared: census.diag_checked,
+    });
+    out.accounting = Some(acc);
+    out.census_us = tc.elapsed().as_micros() as u64;
+    out
+}
+
+/// What the hidden-process and rootkit checks read before judging: the
+/// kernel's records of hooks, the census of every view of tasks, and the BPF
+/// programs.
+pub(super) struct RootkitViews {
+    /// Private tracefs and debugfs mounts where the machine has none: kept
+    /// open for the later reads (the scheduler's list) and unmounted on drop.
+    tracefs: Option<PrivateMount>,
+    debugfs: Option<PrivateMount>,
+    hooks: collect::hooks::Hooks,
+    /// Hooks and BPF programs that are findings in themselves.
+    hook_findings: Vec<Finding>,
+    census: collect::census::Census,
+    progs: collect::bpf::Programs,
+    /// The hook, BPF and socket-diagnostics reads (not the census's walk of
+    /// the process lists, reported apart).
+    took: Duration,
+}
+
+impl RootkitViews {
+    pub(super) fn read(host: &Host, fresh: Option<&Host>) -> RootkitViews {
+        // The kernel's records of hooks: a few small files, every scan.
+        // tracefs and debugfs are mounted privately where the machine has none.
+        let live = host.is_live();
+        let tracefs = (live && !host.exists("/sys/kernel/tracing/enabled_functions"))
+            .then(|| PrivateMount::open("tracefs").ok())
+            .flatten();
+        let debugfs = (live && !host.exists("/sys/kernel/debug/sched"))
+            .then(|| PrivateMount::open("debugfs").ok())
+            .flatten();
+        let tv = Instant::now();
+        let hooks = collect::hooks::read(host, tracefs.as_ref(), debugfs.as_ref());
+        let listed_modules: std::collections::BTreeSet<String> = host
+            .read_text("/proc/modules")
+            .map(|t| {
+                collect::modules::parse_proc_modules(&t)
+                    .into_keys()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut hook_findings = detect::hooks::findings(&hooks, &listed_modules);
+        let mut took = tv.elapsed();
+        let census = collect::census::take(host, fresh);
+        let tb = Instant::now();
+        let progs = collect::bpf::enumerate(host);
+        took += tb.elapsed() + census.diag_time;
+        if progs.programs.iter().any(|p| !p.helpers.is_empty()) {
+            hook_findings.extend(bpf_findings(host, &progs, &census));
+        }
+        RootkitViews {
+            tracefs,
+            debugfs,
+            hooks,
+            hook_findings,
+            census,
+            progs,
+            took,
+        }
+    }
+}
+
+/// Findings for BPF programs that call rootkit helpers, with the processes
+/// holding them and the kernel's own warnings about them.
+fn bpf_findings(
+    host: &Host,
+    progs: &collect::bpf::Programs,
+    census: &collect::census::Census,
+) -> Vec<Finding> {
+    let pids: Vec<i32> = census.listed.iter().copied().collect();
+    let holders: std::collections::BTreeMap<u32, Vec<detect::hooks::Holder>> =
+        collect::bpf::holders(host, &pids)
+            .into_iter()
+            .map(|(id, list)| {
+                let hs = list
+                    .into_iter()
+                    .map(|(pid, fd)| {
+                        let p = Process::read(host, pid);
+                        detect::hooks::Holder {
+                            pid,
+                            fd,
+                            remedies: p
+                                .as_ref()
+                                .map(detect::miner::process_remedies)
+                                .unwrap_or_default(),
+                            name: p.as_ref().map(|p| escape(p.name())).unwrap_or_default(),
+                            exe: p
+                                .as_ref()
+                                .and_then(|p| p.exe.as_ref().ok().map(|e| escape(&e.link)))
+                                .unwrap_or_else(|| "?".into()),
+                        }
+                    })
+                    .collect();
+                (id, hs)
+            })
+            .collect();
+    let warnings: Vec<String> = collect::modules::read_kmsg(host)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| l.contains("bpf_probe_write_user") || l.contains("bpf_override_return"))
+        .collect();
+    let uptime = host
+        .read_text("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok());
+    detect::hooks::bpf_findings(progs, &holders, &warnings, uptime)
+}
