@@ -131,18 +131,21 @@ pub fn run_full(
             opts.module_roots.clone(),
             opts.walk_limits.clone(),
         );
-        std::thread::spawn(move || {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let writer = std::thread::spawn(move || {
             let t = Instant::now();
-            let r = collect::modules::find_files(&h, &roots, &limits);
-            (r, t.elapsed())
-        })
+            let (files, stats, save) = collect::modules::find_files_deferred(&h, &roots, &limits);
+            let _ = tx.send(((files, stats), t.elapsed()));
+            // The caches are written while the scan judges what was found.
+            save.write();
+        });
+        (rx, writer)
     });
-    // The rootkit views do not depend on the sample: they are read during
-    // it, on their own thread (at normal priority: the census must not wait
-    // behind a miner; its CPU is Quarry's, left out of the busy share).
+    // The hook and BPF views do not depend on the sample, and are small:
+    // they are read during it, on their own thread.
     let views = on(Check::Hidden).then(|| {
-        let (h, f) = (host.clone(), fresh.as_ref().map(|f| f.host().clone()));
-        std::thread::spawn(move || RootkitViews::read(&h, f.as_ref()))
+        let h = host.clone();
+        std::thread::spawn(move || RootkitViews::read(&h))
     });
     let snap = collect::sample(host, &collect_opts)?;
     let t = Instant::now();
@@ -172,8 +175,10 @@ pub fn run_full(
     }
     let mut modules_summary = None;
     let mut walk_us = 0;
-    if let Some(handle) = walk {
-        let ((files, walk), took) = handle.join().expect("module walk thread");
+    let mut cache_writer = None;
+    if let Some((rx, writer)) = walk {
+        let ((files, walk), took) = rx.recv().expect("module walk thread");
+        cache_writer = Some(writer);
         walk_us = took.as_micros() as u64;
         if let Some(t) = &walk.truncated {
             limitations.push(format!(
@@ -332,6 +337,9 @@ pub fn run_full(
             .collect(),
         timing,
     };
+    if let Some(w) = cache_writer {
+        let _ = w.join();
+    }
     Ok((report, snap))
 }
 

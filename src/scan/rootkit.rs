@@ -51,15 +51,22 @@ pub(super) fn hidden_stage(
         tracefs: _tracefs,
         debugfs,
         hooks,
-        hook_findings,
-        census,
+        mut hook_findings,
         progs,
         took,
     } = match views.join() {
         Ok(v) => v,
         Err(panic) => std::panic::resume_unwind(panic),
     };
-    out.views_us = took.as_micros() as u64;
+    // The census runs after the sample, not during it: its PID-space probe
+    // takes every CPU for as long as pid_max asks (4,194,304 PIDs under
+    // systemd, and in every new PID namespace since Linux 6.14: 1.5 s here),
+    // which would take CPU from the processes the sample measures.
+    let census = collect::census::take(host, fresh_host);
+    if progs.programs.iter().any(|p| !p.helpers.is_empty()) {
+        hook_findings.extend(bpf_findings(host, &progs, &census));
+    }
+    out.views_us = (took + census.diag_time).as_micros() as u64;
     out.hook_suspect = !hook_findings.is_empty();
     out.vmalloc_hooked = hooks.enabled.iter().flatten().any(|e| {
         e.function == "s_show" || e.function.contains("vmalloc") || e.function.contains("vmap")
@@ -221,26 +228,25 @@ pub(super) fn hidden_stage(
     out
 }
 
-/// What the hidden-process and rootkit checks read before judging: the
-/// kernel's records of hooks, the census of every view of tasks, and the BPF
-/// programs.
+/// What the hidden-process and rootkit checks read during the CPU sample:
+/// the kernel's records of hooks and the BPF programs (a few small reads;
+/// the census, which is not small, follows the sample).
 pub(super) struct RootkitViews {
     /// Private tracefs and debugfs mounts where the machine has none: kept
     /// open for the later reads (the scheduler's list) and unmounted on drop.
     tracefs: Option<PrivateMount>,
     debugfs: Option<PrivateMount>,
     hooks: collect::hooks::Hooks,
-    /// Hooks and BPF programs that are findings in themselves.
+    /// Hooks that are findings in themselves (BPF programs become findings
+    /// once the census names their holders).
     hook_findings: Vec<Finding>,
-    census: collect::census::Census,
     progs: collect::bpf::Programs,
-    /// The hook, BPF and socket-diagnostics reads (not the census's walk of
-    /// the process lists, reported apart).
+    /// The hook and BPF reads.
     took: Duration,
 }
 
 impl RootkitViews {
-    pub(super) fn read(host: &Host, fresh: Option<&Host>) -> RootkitViews {
+    pub(super) fn read(host: &Host) -> RootkitViews {
         // The kernel's records of hooks: a few small files, every scan.
         // tracefs and debugfs are mounted privately where the machine has none.
         let live = host.is_live();
@@ -260,21 +266,16 @@ impl RootkitViews {
                     .collect()
             })
             .unwrap_or_default();
-        let mut hook_findings = detect::hooks::findings(&hooks, &listed_modules);
+        let hook_findings = detect::hooks::findings(&hooks, &listed_modules);
         let mut took = tv.elapsed();
-        let census = collect::census::take(host, fresh);
         let tb = Instant::now();
         let progs = collect::bpf::enumerate(host);
-        took += tb.elapsed() + census.diag_time;
-        if progs.programs.iter().any(|p| !p.helpers.is_empty()) {
-            hook_findings.extend(bpf_findings(host, &progs, &census));
-        }
+        took += tb.elapsed();
         RootkitViews {
             tracefs,
             debugfs,
             hooks,
             hook_findings,
-            census,
             progs,
             took,
         }

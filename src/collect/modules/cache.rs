@@ -161,15 +161,30 @@ fn private(meta: &std::fs::Metadata) -> bool {
     !meta.file_type().is_symlink() && meta.uid() == 0 && meta.permissions().mode() & 0o077 == 0
 }
 
+/// Largest cache file read (a larger one is ignored).
+const MAX_CACHE_FILE: u64 = 64 * 1024 * 1024;
+
+/// Reads a root-only regular file of a root-only folder: opened without
+/// following a link or blocking, judged on the descriptor it is read from,
+/// and read in one call at its size (the directory cache is megabytes: a
+/// read in 64 KiB steps, each growing the buffer, showed in the walk's time).
 fn read_private(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
     if !private(&std::fs::symlink_metadata(dir).ok()?) {
         return None;
     }
-    let p = dir.join(name);
-    if !private(&std::fs::symlink_metadata(&p).ok()?) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(name))
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || !private(&meta) || meta.len() > MAX_CACHE_FILE {
         return None;
     }
-    crate::host::read_regular(&p, 64 * 1024 * 1024).ok()
+    let mut buf = Vec::with_capacity(meta.len() as usize + 1);
+    f.take(MAX_CACHE_FILE).read_to_end(&mut buf).ok()?;
+    Some(buf)
 }
 
 /// Writes a root-only file through a new temporary file and a rename.
@@ -225,8 +240,10 @@ struct StoredDir {
     mtime: u64,
     ctime: u64,
     entries: u32,
-    /// Index of its first name in `DirCache::spans`; subdirectories first.
-    first: u32,
+    /// Offset in `DirCache::buf` of its first name (each a u16 length and
+    /// its bytes); subdirectories first, then candidates. The bounds were
+    /// checked when the file was decoded.
+    names_at: u32,
     subdirs: u32,
     candidates: u32,
 }
@@ -258,8 +275,6 @@ type InodeMap<V> = HashMap<(u64, u64), V, std::hash::BuildHasherDefault<InodeHas
 pub struct DirCache {
     enabled: bool,
     buf: Vec<u8>,
-    /// (offset, length) of every name in `buf`.
-    spans: Vec<(u32, u16)>,
     dirs: InodeMap<StoredDir>,
 }
 
@@ -273,16 +288,23 @@ impl CachedDir<'_> {
     pub fn entries(&self) -> u32 {
         self.d.entries
     }
-    fn names(&self, from: u32, n: u32) -> impl Iterator<Item = &[u8]> {
-        self.cache.spans[from as usize..(from + n) as usize]
-            .iter()
-            .map(|(o, l)| &self.cache.buf[*o as usize..*o as usize + *l as usize])
+    /// Every name, parsed as it is read (a name list per record, not one
+    /// allocation per name, made the cache quick to load).
+    fn names(&self) -> impl Iterator<Item = &[u8]> {
+        let buf = &self.cache.buf[..];
+        let mut at = self.d.names_at as usize;
+        (0..self.d.subdirs + self.d.candidates).map_while(move |_| {
+            let len = u16::from_le_bytes(buf.get(at..at + 2)?.try_into().ok()?) as usize;
+            let name = buf.get(at + 2..at + 2 + len)?;
+            at += 2 + len;
+            Some(name)
+        })
     }
     pub fn subdirs(&self) -> impl Iterator<Item = &[u8]> {
-        self.names(self.d.first, self.d.subdirs)
+        self.names().take(self.d.subdirs as usize)
     }
     pub fn candidates(&self) -> impl Iterator<Item = &[u8]> {
-        self.names(self.d.first + self.d.subdirs, self.d.candidates)
+        self.names().skip(self.d.subdirs as usize)
     }
 }
 
@@ -409,15 +431,13 @@ fn decode_dirs(buf: Vec<u8>) -> Option<DirCache> {
     let n = u32_at(take(4)?) as usize;
     let mut dirs: InodeMap<StoredDir> = InodeMap::default();
     dirs.reserve(n.min(1 << 20));
-    let mut spans = Vec::new();
     for _ in 0..n {
         let h = take(44)?;
         let (nsub, ncand) = (u32_at(h + 36), u32_at(h + 40));
-        let first = spans.len() as u32;
+        let names_at = u32::try_from(h + 44).ok()?;
         for _ in 0..nsub.checked_add(ncand)? {
             let len = u16::from_le_bytes(b[take(2)?..][..2].try_into().unwrap());
-            let off = take(len as usize)?;
-            spans.push((u32::try_from(off).ok()?, len));
+            take(len as usize)?;
         }
         dirs.insert(
             (u64_at(h), u64_at(h + 8)),
@@ -425,7 +445,7 @@ fn decode_dirs(buf: Vec<u8>) -> Option<DirCache> {
                 mtime: u64_at(h + 16),
                 ctime: u64_at(h + 24),
                 entries: u32_at(h + 32),
-                first,
+                names_at,
                 subdirs: nsub,
                 candidates: ncand,
             },
@@ -434,7 +454,6 @@ fn decode_dirs(buf: Vec<u8>) -> Option<DirCache> {
     (at == b.len()).then_some(DirCache {
         enabled: false,
         buf,
-        spans,
         dirs,
     })
 }

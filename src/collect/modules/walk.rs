@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cache::{key_of, Cache, DirCache, DirRecord, Judged, RACY_SECONDS};
+use super::cache::{key_of, Cache, DirCache, DirRecord, Judged, Key, RACY_SECONDS};
 use super::identify::{elf_type, inspect, inspect_shell, ModuleFile};
 use crate::host::{bytes_to_path, Host};
 
@@ -80,9 +80,9 @@ pub struct WalkStats {
     /// Files whose judgement came from the cache (not read).
     pub cached: usize,
     #[serde(skip)]
-    seen_modules: Vec<(super::cache::Key, super::cache::Judged)>,
+    seen_modules: Vec<(Key, Judged)>,
     #[serde(skip)]
-    seen_not: Vec<super::cache::Key>,
+    seen_not: Vec<Key>,
     #[serde(skip)]
     seen_dirs: Vec<((u64, u64), Option<DirRecord>)>,
     pub truncated: Option<String>,
@@ -180,12 +180,48 @@ impl Shared {
 
 /// Finds kernel module files under `roots`, on every CPU: workers share a
 /// queue of directories (the walk is bound by `getdents64` and `stat` system
-/// calls, which run in parallel).
+/// calls, which run in parallel). Writes the caches before returning.
 pub fn find_files(
     host: &Host,
     roots: &[String],
     limits: &WalkLimits,
 ) -> (Vec<ModuleFile>, WalkStats) {
+    let (out, stats, save) = find_files_deferred(host, roots, limits);
+    save.write();
+    (out, stats)
+}
+
+/// The caches a walk updates, left to write after its results are handed
+/// over: the scan judges them meanwhile (writing megabytes of directory
+/// listings was on the critical path of an `--interval 0` scan).
+pub struct PendingSave {
+    cache: Cache,
+    dir_cache: DirCache,
+    seen_modules: Vec<(Key, Judged)>,
+    seen_not: Vec<Key>,
+    /// `None` when the walk was cut short (what it did not see is kept).
+    seen_dirs: Option<Vec<((u64, u64), Option<DirRecord>)>>,
+    modules_changed: bool,
+}
+
+impl PendingSave {
+    pub fn write(self) {
+        if let Some(dirs) = self.seen_dirs {
+            self.dir_cache.save(dirs);
+        }
+        if self.modules_changed {
+            self.cache.save(self.seen_modules, self.seen_not);
+        }
+    }
+}
+
+/// [`find_files`], with the caches written by the caller through the
+/// returned [`PendingSave`].
+pub fn find_files_deferred(
+    host: &Host,
+    roots: &[String],
+    limits: &WalkLimits,
+) -> (Vec<ModuleFile>, WalkStats, PendingSave) {
     let t0 = Instant::now();
     let cache = Cache::load(host);
     let dir_cache = DirCache::load(host);
@@ -313,16 +349,18 @@ pub fn find_files(
         seen_not.extend(st.seen_not);
         seen_dirs.extend(st.seen_dirs);
     }
-    if stats.truncated.is_none() {
-        dir_cache.save(seen_dirs);
-    }
-    if stats.inspected > 0 || stats.cached != seen_modules.len() + seen_not.len() {
-        cache.save(seen_modules, seen_not);
-    }
+    let save = PendingSave {
+        modules_changed: stats.inspected > 0 || stats.cached != seen_modules.len() + seen_not.len(),
+        seen_dirs: stats.truncated.is_none().then_some(seen_dirs),
+        cache,
+        dir_cache,
+        seen_modules,
+        seen_not,
+    };
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);
     stats.elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
-    (out, stats)
+    (out, stats, save)
 }
 
 /// Lists one directory: module candidates into `out`, subdirectories into
