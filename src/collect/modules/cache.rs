@@ -228,6 +228,10 @@ pub struct DirRecord {
     pub candidates: Vec<Vec<u8>>,
 }
 
+/// A directory a walk saw, by device and inode: its new listing, or `None`
+/// when the stored one was reused as it is.
+pub type SeenDir = ((u64, u64), Option<DirRecord>);
+
 /// Seconds before the walk's start a directory's times must be to be stored.
 pub const RACY_SECONDS: u64 = 2;
 
@@ -330,7 +334,7 @@ impl DirCache {
     /// Writes the directories this walk saw (forgetting the others) when a
     /// new listing was stored or many were forgotten. `None`: the loaded
     /// record was reused as it is.
-    pub fn save(&self, seen: Vec<((u64, u64), Option<DirRecord>)>) {
+    pub fn save(&self, seen: Vec<SeenDir>) {
         if !self.enabled {
             return;
         }

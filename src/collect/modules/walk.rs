@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cache::{key_of, Cache, DirCache, DirRecord, Judged, Key, RACY_SECONDS};
+use super::cache::{key_of, Cache, DirCache, DirRecord, Judged, Key, SeenDir, RACY_SECONDS};
 use super::identify::{elf_type, inspect, inspect_shell, ModuleFile};
 use crate::host::{bytes_to_path, Host};
 
@@ -84,7 +84,7 @@ pub struct WalkStats {
     #[serde(skip)]
     seen_not: Vec<Key>,
     #[serde(skip)]
-    seen_dirs: Vec<((u64, u64), Option<DirRecord>)>,
+    seen_dirs: Vec<SeenDir>,
     pub truncated: Option<String>,
     pub elapsed_ms: f64,
 }
@@ -200,7 +200,7 @@ pub struct PendingSave {
     seen_modules: Vec<(Key, Judged)>,
     seen_not: Vec<Key>,
     /// `None` when the walk was cut short (what it did not see is kept).
-    seen_dirs: Option<Vec<((u64, u64), Option<DirRecord>)>>,
+    seen_dirs: Option<Vec<SeenDir>>,
     modules_changed: bool,
 }
 
