@@ -289,7 +289,13 @@ pub fn find_files_deferred(
         let mut local: Vec<DirItem> = Vec::new();
         let mut scratch = Scratch::default();
         let deadline = t0 + limits.max_time;
-        while let Some((dir, depth)) = local.pop().or_else(|| shared.take()) {
+        // A limit reached by any worker stops every worker, whatever is left
+        // on its own stack.
+        while let Some((dir, depth)) = local
+            .pop()
+            .filter(|_| !shared.stop.load(Ordering::Relaxed))
+            .or_else(|| shared.take())
+        {
             let finished = walk_one(
                 &Walker {
                     host,
@@ -602,17 +608,23 @@ mod tests {
     #[test]
     fn a_limit_stops_every_worker() {
         let t = tempfile::tempdir().unwrap();
-        tree(t.path(), 4, 5);
+        let dirs = tree(t.path(), 6, 5); // 9,330 directories
         let root = t.path().to_string_lossy().into_owned();
         let limits = WalkLimits {
-            max_entries: 100,
+            max_entries: 2000,
             ..WalkLimits::default()
         };
         let (_, stats) = find_files(&Host::new("/"), &[root], &limits);
         assert_eq!(
             stats.truncated.as_deref(),
-            Some("stopped after 100 entries")
+            Some("stopped after 2000 entries")
         );
-        assert!(stats.dirs < 1364, "{} directories walked", stats.dirs);
+        // Each worker stops after the directory it is in (2,000 entries are
+        // about 1,000 directories here), not after its own stack.
+        assert!(
+            stats.dirs < 1500,
+            "{} of {dirs} directories walked",
+            stats.dirs
+        );
     }
 }
