@@ -124,7 +124,7 @@ pub fn run_full(
     };
     // The module-file walk reads the disk: it runs during the CPU sample (at
     // the lowest priority, and Quarry's own CPU is left out of the machine's
-    // busy share) and beside the census after it.
+    // busy share), and goes on beside the census that follows the sample.
     let walk = on(Check::Modules).then(|| {
         let (h, roots, limits) = (
             host.clone(),

@@ -178,9 +178,10 @@ impl Shared {
     }
 }
 
-/// Finds kernel module files under `roots`, on every CPU: workers share a
-/// queue of directories (the walk is bound by `getdents64` and `stat` system
-/// calls, which run in parallel). Writes the caches before returning.
+/// Finds kernel module files under `roots`, on every CPU: each worker walks
+/// from its own stack and shares through [`Shared`] when another is idle (the
+/// walk is bound by `getdents64` and `stat` system calls, which run in
+/// parallel). Writes the caches before returning.
 pub fn find_files(
     host: &Host,
     roots: &[String],
