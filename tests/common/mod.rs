@@ -73,6 +73,11 @@ pub const OVERLAID: &[&str] = &[
 /// Places a sandboxed test gets empty and private (fresh tmpfs).
 pub const PRIVATE: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 
+/// Quarry's own state places, each an empty private tmpfs (mode 0700) in
+/// every sandbox: what an earlier `quarry fix`, `watch` or scan left on the
+/// host is neither read into a test's verdicts nor changed.
+pub const QUARRY_STATE: &[&str] = &["/var/lib/quarry", "/var/cache/quarry"];
+
 /// Runs the calling test again inside its own mount and PID namespace
 /// (`unshare --mount --pid --fork --mount-proc`, propagation private), where
 /// [`OVERLAID`] places are overlays on a tmpfs and [`PRIVATE`] places are
@@ -236,6 +241,14 @@ fn enter_sandbox(clean: bool) {
     fresh_tmpfs(PRIVATE, c"mode=1777");
     if clean {
         fresh_tmpfs(EMPTIED, c"mode=755");
+    }
+    // Quarry's own state (cases, the watch state, the module cache) starts
+    // empty in every sandbox: a machine where `quarry fix` ran before has
+    // cases of its own under /var/lib/quarry, and the overlay would show
+    // them (issue 28). The folders are made in the overlays, never on the host.
+    for d in QUARRY_STATE {
+        std::fs::create_dir_all(d).unwrap();
+        mount("tmpfs", *d, "tmpfs", MountFlags::empty(), Some(c"mode=700")).unwrap();
     }
     if !project.join("Cargo.toml").exists() {
         std::fs::create_dir_all(project).unwrap();
