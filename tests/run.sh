@@ -15,7 +15,8 @@ log=$(mktemp)
 canary_state=$(mktemp -d)
 cleanup() {
   if [ "$(id -u)" = 0 ]; then bash tests/canaries.sh remove "$canary_state" || true; fi
-  rm -rf "$log" "$canary_state"
+  # The suite's own module cache (tests/common SUITE_CACHE).
+  rm -rf "$log" "$canary_state" /tmp/quarry-suite-cache
 }
 trap cleanup EXIT
 status=0

@@ -134,7 +134,7 @@ fn text(o: &Output) -> String {
 /// `attacker` runs (the race between scan and fix, made deterministic).
 fn fix_with_race(args: &[&str], attacker: impl FnOnce()) -> Output {
     let pause = "/root/.quarry-test-pause";
-    let child = Command::new(QUARRY)
+    let child = common::command()
         .arg("fix")
         .arg("--yes")
         .args(["--interval", "0.3"])
@@ -159,7 +159,7 @@ fn fix_with_race(args: &[&str], attacker: impl FnOnce()) -> Output {
 }
 
 fn fix(args: &[&str]) -> Output {
-    Command::new(QUARRY)
+    common::command()
         .arg("fix")
         .args(["--interval", "0.3"])
         .args(args)
@@ -175,10 +175,7 @@ fn restore_latest() -> Output {
         .collect();
     ids.sort();
     let id = ids.last().expect("a case").clone();
-    Command::new(QUARRY)
-        .args(["restore", &id])
-        .output()
-        .unwrap()
+    common::command().args(["restore", &id]).output().unwrap()
 }
 
 fn alive(pid: i32) -> bool {
@@ -295,7 +292,7 @@ fn row4_forged_case_in_tmp() {
         vec!["restore", "--case-root", "/tmp", "20261126-000000-1"],
         vec!["restore", "../../tmp/20261126-000000-1"],
     ] {
-        let out = Command::new(QUARRY)
+        let out = common::command()
             .args(&args)
             .current_dir("/tmp")
             .output()
@@ -309,7 +306,7 @@ fn row4_forged_case_in_tmp() {
     }
     assert_eq!(state("/root/secret3").unwrap(), before);
     // A case root anyone can write is refused even for listing.
-    let out = Command::new(QUARRY)
+    let out = common::command()
         .args(["cases", "--case-root", "/tmp"])
         .output()
         .unwrap();
@@ -335,7 +332,7 @@ fn row5_fifos_never_block_a_scan() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let child = Command::new(QUARRY)
+    let child = common::command()
         .args(["scan", "--interval", "0.2", "--format", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -369,7 +366,7 @@ fn row6_decompression_bomb() {
         .unwrap();
     assert!(st.success(), "xz (xz-utils) is needed to build the bomb");
     assert!(std::fs::metadata("/tmp/x.ko.xz").unwrap().len() < 2 * 1024 * 1024);
-    let child = Command::new(QUARRY)
+    let child = common::command()
         .args([
             "scan",
             "--only",

@@ -36,7 +36,7 @@ impl Drop for Watch {
 /// Starts `quarry watch` serving metrics on `port` (the same port across a
 /// restart, as a scrape target stays the same).
 fn start_watch(port: u16) -> Watch {
-    let mut child = Command::new(QUARRY)
+    let mut child = common::command()
         .args([
             "watch",
             "--interval",

@@ -265,14 +265,20 @@ fn enter_sandbox(clean: bool) {
 
 /// Compiles a C file from tests/c once per test binary and returns the program.
 pub fn compile(name: &str, extra: &[&str]) -> PathBuf {
+    compile_as(name, name, extra)
+}
+
+/// [`compile`] of tests/c/`name`.c into a program called `out_name` (one
+/// source, several builds: static and not).
+pub fn compile_as(name: &str, out_name: &str, extra: &[&str]) -> PathBuf {
     // Built under target/tmp (CARGO_TARGET_TMPDIR): nothing is left in /tmp.
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/c")
         .join(format!("{name}.c"));
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("quarry-test-{name}"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("quarry-test-{out_name}"));
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
+    if !built.iter().any(|b| b == out_name) {
         let st = Command::new("cc")
             .args(["-O1", "-Wall", "-o"])
             .arg(&out)
@@ -281,7 +287,7 @@ pub fn compile(name: &str, extra: &[&str]) -> PathBuf {
             .status()
             .expect("cc must be installed to build test programs");
         assert!(st.success(), "compiling {}", src.display());
-        built.push(name.to_string());
+        built.push(out_name.to_string());
     }
     out
 }
@@ -308,6 +314,22 @@ pub fn build_module(name: &str, release: &str, out: &Path) {
 /// The CPU burner (tests/c/burner.c).
 pub fn burner() -> PathBuf {
     compile("burner", &["-pthread"])
+}
+
+/// The CPU burner linked statically: it runs in a root of its own.
+pub fn static_burner() -> PathBuf {
+    compile_as("burner", "burner-static", &["-pthread", "-static"])
+}
+
+/// SIGKILLs a PID on drop (a daemonised child no guard holds).
+pub struct KillGuard(pub i32);
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if let Some(p) = rustix::process::Pid::from_raw(self.0) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// Removes a path (file or directory tree) on drop.
@@ -424,9 +446,24 @@ impl Scan {
     }
 }
 
+/// The module cache of Quarry runs outside a sandbox (inside one,
+/// `/var/cache/quarry` is already a private tmpfs): the suite's own, so the
+/// machine's cache is neither read into a verdict nor changed
+/// (tests/run.sh removes it at the end).
+pub const SUITE_CACHE: &str = "/tmp/quarry-suite-cache";
+
+/// A `quarry` command. Outside a sandbox it uses [`SUITE_CACHE`].
+pub fn command() -> Command {
+    let mut c = Command::new(QUARRY);
+    if std::env::var_os("QUARRY_SANDBOX").is_none() {
+        c.env("QUARRY_CACHE_DIR", SUITE_CACHE);
+    }
+    c
+}
+
 /// Runs `quarry scan --format json` with extra arguments.
 pub fn scan(args: &[&str]) -> Scan {
-    let out = Command::new(QUARRY)
+    let out = command()
         .arg("scan")
         .args(["--format", "json"])
         .args(args)
@@ -448,10 +485,7 @@ pub fn scan(args: &[&str]) -> Scan {
 
 /// Runs quarry with arbitrary arguments; returns (exit code, stdout bytes, stderr).
 pub fn quarry(args: &[&str]) -> (i32, Vec<u8>, String) {
-    let out = Command::new(QUARRY)
-        .args(args)
-        .output()
-        .expect("run quarry");
+    let out = command().args(args).output().expect("run quarry");
     (
         out.status.code().unwrap_or(-1),
         out.stdout,
@@ -553,7 +587,7 @@ pub fn pids_running(path: &str) -> Vec<i32> {
 
 /// Runs `quarry fix ARGS` with extra environment; its status and output.
 pub fn fix(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
-    let out = Command::new(QUARRY)
+    let out = command()
         .arg("fix")
         .args(args)
         .envs(env.iter().copied())

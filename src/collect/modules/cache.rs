@@ -18,8 +18,22 @@ use serde::{Deserialize, Serialize};
 use super::identify::{ModSig, ModuleFile};
 use crate::host::Host;
 
-/// Where the cache lives.
+/// Where the cache lives, unless `QUARRY_CACHE_DIR` says otherwise.
 pub const CACHE_DIR: &str = "/var/cache/quarry";
+
+/// The cache's folder: `QUARRY_CACHE_DIR` when set to an absolute path (the
+/// test suite gives each run its own, so a machine's cache is neither read
+/// into a test's verdicts nor changed), none when set empty (no cache), else
+/// [`CACHE_DIR`]. The folder must still be root's alone.
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    match std::env::var_os("QUARRY_CACHE_DIR") {
+        None => Some(CACHE_DIR.into()),
+        Some(v) => {
+            let p = std::path::PathBuf::from(v);
+            p.is_absolute().then_some(p)
+        }
+    }
+}
 const CACHE_FILE: &str = "modules.json";
 /// Bumped when what is cached changes meaning.
 const VERSION: u32 = 1;
@@ -27,18 +41,18 @@ const VERSION: u32 = 1;
 /// Device, inode, size, mtime and ctime (ns) of a file, from `lstat`.
 pub type Key = [u64; 5];
 
-pub fn key_of(st: &rustix::fs::Stat) -> Key {
-    let ns = |s: i64, n: i64| {
-        (s as u64)
+pub fn key_of(st: &rustix::fs::Statx) -> Key {
+    let ns = |t: &rustix::fs::StatxTimestamp| {
+        (t.tv_sec as u64)
             .wrapping_mul(1_000_000_000)
-            .wrapping_add(n as u64)
+            .wrapping_add(t.tv_nsec as u64)
     };
     [
-        st.st_dev,
-        st.st_ino,
-        st.st_size as u64,
-        ns(st.st_mtime, st.st_mtime_nsec as i64),
-        ns(st.st_ctime, st.st_ctime_nsec as i64),
+        rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+        st.stx_ino,
+        st.stx_size,
+        ns(&st.stx_mtime),
+        ns(&st.stx_ctime),
     ]
 }
 
@@ -86,7 +100,10 @@ impl Cache {
             enabled: true,
             ..Cache::default()
         };
-        let Some(text) = read_private(Path::new(CACHE_DIR), CACHE_FILE) else {
+        let Some(dir) = cache_dir() else {
+            return Cache::default();
+        };
+        let Some(text) = read_private(&dir, CACHE_FILE) else {
             return c;
         };
         let Ok(s) = serde_json::from_slice::<Stored>(&text) else {
@@ -126,7 +143,9 @@ impl Cache {
         };
         // A cache: no fsync, as for dirs.bin (a torn file fails to parse and
         // is ignored; a new file in /tmp rewrites it on most scans).
-        let _ = write_private(Path::new(CACHE_DIR), CACHE_FILE, &data);
+        if let Some(dir) = cache_dir() {
+            let _ = write_private(&dir, CACHE_FILE, &data);
+        }
     }
 }
 
@@ -317,7 +336,10 @@ impl DirCache {
         if !host.is_live() || !rustix::process::geteuid().is_root() {
             return DirCache::default();
         }
-        let mut c = read_private(Path::new(CACHE_DIR), DIRS_FILE)
+        let Some(dir) = cache_dir() else {
+            return DirCache::default();
+        };
+        let mut c = read_private(&dir, DIRS_FILE)
             .and_then(decode_dirs)
             .unwrap_or_default();
         c.enabled = true;
@@ -325,7 +347,7 @@ impl DirCache {
     }
 
     /// The listing of a directory whose device, inode and times match.
-    pub fn get(&self, st: &rustix::fs::Stat) -> Option<CachedDir<'_>> {
+    pub fn get(&self, st: &rustix::fs::Statx) -> Option<CachedDir<'_>> {
         let k = key_of(st);
         let d = *self.dirs.get(&(k[0], k[1]))?;
         (d.mtime == k[3] && d.ctime == k[4]).then_some(CachedDir { cache: self, d })
@@ -362,7 +384,9 @@ impl DirCache {
         }
         out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
         // A cache: no fsync (a torn file fails to decode and is ignored).
-        let _ = write_private(Path::new(CACHE_DIR), DIRS_FILE, &out);
+        if let Some(dir) = cache_dir() {
+            let _ = write_private(&dir, DIRS_FILE, &out);
+        }
     }
 }
 
