@@ -289,6 +289,9 @@ pub struct Region {
     pub end: u64,
     /// `rwxp` or `rwxs` (private or shared).
     pub perms: [u8; 4],
+    /// The device of the mapped file (major, minor); (0, 0) for anonymous
+    /// memory.
+    pub dev: (u32, u32),
     pub inode: u64,
     /// The mapped file, `[heap]`, `[stack]`..., or empty for anonymous memory.
     pub path: Vec<u8>,
@@ -343,10 +346,21 @@ pub fn parse_maps(maps: &[u8]) -> Vec<Region> {
         ) else {
             continue;
         };
+        let dev = std::str::from_utf8(fields[3])
+            .ok()
+            .and_then(|d| d.split_once(':'))
+            .and_then(|(a, b)| {
+                Some((
+                    u32::from_str_radix(a, 16).ok()?,
+                    u32::from_str_radix(b, 16).ok()?,
+                ))
+            })
+            .unwrap_or((0, 0));
         out.push(Region {
             start: lo,
             end: hi,
             perms,
+            dev,
             inode,
             path: rest.trim_ascii_start().to_vec(),
         });

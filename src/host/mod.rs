@@ -18,7 +18,15 @@ use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fd::AsFd;
 use rustix::fs::{FileType, Mode, OFlags, RawDir};
+
+pub mod mount;
+pub mod proc_root;
+pub mod procmem;
+pub mod resolve;
+
+pub use resolve::{Classifier, Found, Refused};
 
 /// One entry of a directory listing, as `getdents64` returned it.
 #[derive(Debug, Clone)]
@@ -42,6 +50,8 @@ pub struct Host {
     /// When set, `/proc/...` paths resolve under this directory instead of
     /// `ROOT/proc` (used for a private, freshly mounted procfs).
     proc_dir: Option<PathBuf>,
+    /// Who serves each file system (built on first use, shared by clones).
+    classes: std::sync::Arc<std::sync::OnceLock<Classifier>>,
 }
 
 impl Default for Host {
@@ -57,6 +67,7 @@ impl Host {
             root: root.into(),
             live: false,
             proc_dir: None,
+            classes: Default::default(),
         }
     }
 
@@ -66,6 +77,7 @@ impl Host {
             root: self.root.clone(),
             live: self.live,
             proc_dir: Some(proc_dir),
+            classes: self.classes.clone(),
         }
     }
 
@@ -102,6 +114,7 @@ impl Host {
                 root,
                 live: true,
                 proc_dir: Some(proc_dir),
+                classes: Default::default(),
             }
         } else {
             Host::new(root)
@@ -128,10 +141,96 @@ impl Host {
         self.root.join(rel)
     }
 
-    /// Reads a whole file (at most [`MAX_READ`] bytes), never blocking: see
-    /// [`read_regular`].
+    /// Who serves each file system of this machine: the live kernel's mount
+    /// tables (an offline root is a tree mounted on the live machine, so its
+    /// files are judged by the same tables).
+    pub fn classes(&self) -> &Classifier {
+        self.classes
+            .get_or_init(|| Classifier::new(&Host::new("/").with_live_proc(self)))
+    }
+
+    /// A host for reading mount tables: the live `/proc` this host reads
+    /// processes through.
+    fn with_live_proc(mut self, of: &Host) -> Host {
+        if of.live {
+            self.proc_dir = of.proc_dir.clone();
+        }
+        self
+    }
+
+    /// Finds what `path` names (an absolute path on the inspected machine)
+    /// without ever waiting on a file system somebody serves: kernel files
+    /// under `/proc` and `/sys` directly (a process's `exe`, `fd/N`, `cwd`
+    /// and `root` links are followed and what they lead to is checked; no
+    /// path may go on below `cwd`, `root` or `fd/N`: that is resolved in the
+    /// process's own root, see [`proc_root`]), everything else one component
+    /// at a time inside the root ([`resolve::open_in`]). `follow`: whether
+    /// a final symbolic link is followed.
+    pub fn find(&self, path: impl AsRef<Path>, follow: bool) -> Result<Found, Refused> {
+        let path = path.as_ref();
+        let bytes = path.as_os_str().as_bytes();
+        if is_kernel_path(bytes) {
+            let magic = magic_link(bytes);
+            if magic == Magic::Below {
+                return Err(Refused::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: a path below a process's cwd, root or open file is resolved in the process's own root",
+                        crate::escape::escape(bytes)
+                    ),
+                )));
+            }
+            let nofollow = if follow {
+                OFlags::empty()
+            } else {
+                OFlags::NOFOLLOW
+            };
+            let fd = rustix::fs::open(
+                self.path(path),
+                OFlags::PATH | OFlags::CLOEXEC | nofollow,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err(e, bytes))?;
+            let stat = resolve::statx_cached(&fd)?;
+            if magic == Magic::Last {
+                self.classes().check_stat(&stat, bytes)?;
+            }
+            return Ok(Found {
+                fd,
+                stat,
+                real: bytes.to_vec(),
+            });
+        }
+        let root = rustix::fs::open(
+            &self.root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(e, self.root.as_os_str().as_bytes()))?;
+        resolve::open_in(root.as_fd(), bytes, follow, self.classes()).map_err(|r| match r {
+            Refused::Io(e) => Refused::Io(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", crate::escape::escape(bytes)),
+            )),
+            other => other,
+        })
+    }
+
+    /// Opens a file for reading through [`Host::find`] (following links):
+    /// a regular file only, never blocking.
+    pub fn open_file(&self, path: impl AsRef<Path>) -> io::Result<rustix::fd::OwnedFd> {
+        let path = path.as_ref();
+        let bytes = path.as_os_str().as_bytes();
+        if is_kernel_path(bytes) && magic_link(bytes) == Magic::No {
+            return open_regular(&self.path(path), OFlags::empty());
+        }
+        self.find(path, true)?.open_read()
+    }
+
+    /// Reads a whole file (at most [`MAX_READ`] bytes), never blocking and
+    /// never waiting on a file system somebody serves: see [`Host::find`].
     pub fn read(&self, path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
-        read_regular(&self.path(path), MAX_READ)
+        self.read_prefix(path, MAX_READ)
     }
 
     /// Reads a whole file as text, replacing invalid UTF-8 (for kernel-written
@@ -147,15 +246,67 @@ impl Host {
     /// Reads at most `limit` bytes of a file (for files that may be huge),
     /// never blocking: see [`read_regular`].
     pub fn read_prefix(&self, path: impl AsRef<Path>, limit: usize) -> io::Result<Vec<u8>> {
-        read_regular(&self.path(path), limit)
+        let path = path.as_ref();
+        let bytes = path.as_os_str().as_bytes();
+        if is_kernel_path(bytes) && magic_link(bytes) == Magic::No {
+            if self.is_live() {
+                if let Some((dir, which)) = procmem::strings_of(bytes) {
+                    procmem::check(self, dir, which)?;
+                }
+            }
+            return read_regular(&self.path(path), limit);
+        }
+        let fd = self.open_file(path)?;
+        read_fd(&fd, limit).map_err(|e| io_err_io(e, bytes))
+    }
+
+    /// Reads at most `limit` bytes of a file whose directories the caller
+    /// already checked are local (the module walk lists them first): the
+    /// final object is found `O_PATH` without following a link, its file
+    /// system checked, then read.
+    pub fn read_prefix_direct(&self, path: &[u8], limit: usize) -> io::Result<Vec<u8>> {
+        let f = self.find_direct(path, false)?;
+        let fd = f.open_read()?;
+        read_fd(&fd, limit)
+    }
+
+    /// Finds a path whose directories the caller already checked (see
+    /// [`Host::read_prefix_direct`]): one `O_PATH` open and a cached
+    /// `statx`, and the final object's file system checked.
+    pub fn find_direct(&self, path: &[u8], follow: bool) -> Result<Found, Refused> {
+        let p = self.path(bytes_to_path(path));
+        let flags = OFlags::PATH
+            | OFlags::CLOEXEC
+            | if follow {
+                OFlags::empty()
+            } else {
+                OFlags::NOFOLLOW
+            };
+        let fd = rustix::fs::open(&p, flags, Mode::empty()).map_err(|e| io_err(e, path))?;
+        let stat = resolve::statx_cached(&fd)?;
+        self.classes().check_stat(&stat, path)?;
+        Ok(Found {
+            fd,
+            stat,
+            real: path.to_vec(),
+        })
+    }
+
+    /// Lists a directory whose parents the caller already checked (the module
+    /// walk): found `O_PATH`, its file system checked, then listed.
+    pub fn list_dir_direct(&self, path: &[u8]) -> Result<Vec<DirEntry>, Refused> {
+        let f = self.find_direct(path, true)?;
+        if f.file_type() != FileType::Directory {
+            return Err(Refused::Io(io::Error::from(rustix::io::Errno::NOTDIR)));
+        }
+        Ok(list_fd(&reopen_dir(&f.fd)?)?)
     }
 
     /// Reads the last `limit` bytes of a regular file (a log can be gigabytes
     /// after a brute-force storm; its newest records are at the end). The
     /// flag says whether the start was cut.
     pub fn read_tail(&self, path: impl AsRef<Path>, limit: usize) -> io::Result<(Vec<u8>, bool)> {
-        let p = self.path(path);
-        let fd = open_regular(&p, OFlags::empty())?;
+        let fd = self.open_file(path)?;
         let size = rustix::fs::fstat(&fd)?.st_size.max(0) as u64;
         let start = size.saturating_sub(limit as u64);
         let mut buf = vec![0u8; (size - start) as usize];
@@ -191,17 +342,17 @@ impl Host {
     /// Device, inode and size of what a path names (following links); `None`
     /// unless it is a regular file.
     pub fn ident(&self, path: &[u8]) -> Option<(u64, u64, u64)> {
-        let st = rustix::fs::stat(self.path(bytes_to_path(path))).ok()?;
-        (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some((
-            st.st_dev,
-            st.st_ino,
-            st.st_size as u64,
+        let f = self.find(bytes_to_path(path), true).ok()?;
+        (f.file_type() == FileType::RegularFile).then_some((
+            rustix::fs::makedev(f.stat.stx_dev_major, f.stat.stx_dev_minor),
+            f.stat.stx_ino,
+            f.stat.stx_size,
         ))
     }
 
     /// SHA-256 of a regular file (following links), up to [`MAX_HASHED`].
     pub fn sha256_of(&self, path: &[u8]) -> Option<String> {
-        let data = read_regular(&self.path(bytes_to_path(path)), MAX_HASHED).ok()?;
+        let data = self.read_prefix(bytes_to_path(path), MAX_HASHED).ok()?;
         Some(crate::collect::modules::sha256_hex(&data))
     }
 
@@ -214,9 +365,9 @@ impl Host {
         if !self.is_live() {
             return None;
         }
-        let real = std::fs::canonicalize(bytes_to_path(path)).ok()?;
-        let real = real.into_os_string().into_vec_bytes();
-        let fd = open_regular(&bytes_to_path(&real), OFlags::NOFOLLOW).ok()?;
+        let found = self.find(bytes_to_path(path), true).ok()?;
+        let real = found.real.clone();
+        let fd = found.open_read().ok()?;
         let st = rustix::fs::fstat(&fd).ok()?;
         let data = read_fd(&fd, MAX_HASHED).ok()?;
         if data.len() as i64 != st.st_size {
@@ -234,38 +385,59 @@ impl Host {
 
     /// The raw target of a symbolic link (for `/proc/PID/exe`, `cwd`, `fd/N`).
     pub fn read_link(&self, path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
-        Ok(std::fs::read_link(self.path(path))?
-            .into_os_string()
-            .into_vec_bytes())
+        let path = path.as_ref();
+        let bytes = path.as_os_str().as_bytes();
+        if is_kernel_path(bytes) && magic_link(bytes) != Magic::Below {
+            // A process's links are the kernel's names (d_path): reading
+            // them asks no file system.
+            return Ok(std::fs::read_link(self.path(path))
+                .map_err(|e| io_err_io(e, bytes))?
+                .into_os_string()
+                .into_vec_bytes());
+        }
+        let f = self.find(path, false)?;
+        Ok(rustix::fs::readlinkat(&f.fd, "", Vec::new())
+            .map_err(|e| io_err(e, bytes))?
+            .into_bytes())
     }
 
-    /// `stat` of a path (following links).
+    /// `stat` of a path (following links), found through [`Host::find`].
     pub fn stat(&self, path: impl AsRef<Path>) -> io::Result<rustix::fs::Stat> {
-        Ok(rustix::fs::stat(self.path(path))?)
+        let f = self.find(path, true)?;
+        Ok(rustix::fs::fstat(&f.fd)?)
     }
 
-    /// `lstat` of a path (not following links).
+    /// `lstat` of a path (not following links), found through [`Host::find`].
     pub fn lstat(&self, path: impl AsRef<Path>) -> io::Result<rustix::fs::Stat> {
-        Ok(rustix::fs::lstat(self.path(path))?)
+        let f = self.find(path, false)?;
+        Ok(rustix::fs::fstat(&f.fd)?)
     }
 
-    /// `stat` (`follow`) or `lstat` of a path given as bytes, built in
-    /// `scratch` with its NUL: no allocation once `scratch` has grown. The
-    /// module walk stats some 40,000 paths per scan; building a `PathBuf`
-    /// twice for each showed in its profile.
+    /// `statx` (`follow`) of a path given as bytes, from the kernel's cached
+    /// attributes only (`AT_STATX_DONT_SYNC`: no request to a FUSE or NFS
+    /// server), built in `scratch` with its NUL: no allocation once
+    /// `scratch` has grown. The module walk stats some 40,000 paths per
+    /// scan; building a `PathBuf` twice for each showed in its profile.
+    /// Safe from a served file system only when every directory on the way
+    /// is known to be local: the walk checks each before it lists it.
     pub fn stat_bytes(
         &self,
         path: &[u8],
         follow: bool,
         scratch: &mut Vec<u8>,
-    ) -> io::Result<rustix::fs::Stat> {
+    ) -> io::Result<rustix::fs::Statx> {
+        let flags = |follow: bool| {
+            rustix::fs::AtFlags::STATX_DONT_SYNC
+                | if follow {
+                    rustix::fs::AtFlags::empty()
+                } else {
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW
+                }
+        };
+        let mask = rustix::fs::StatxFlags::BASIC_STATS;
         if self.proc_dir.is_some() && (path == b"/proc" || path.starts_with(b"/proc/")) {
             let p = self.path(bytes_to_path(path));
-            return Ok(if follow {
-                rustix::fs::stat(p)?
-            } else {
-                rustix::fs::lstat(p)?
-            });
+            return Ok(rustix::fs::statx(rustix::fs::CWD, p, flags(follow), mask)?);
         }
         let root = self.root.as_os_str().as_bytes();
         let rel = path.strip_prefix(b"/").unwrap_or(path);
@@ -280,11 +452,7 @@ impl Host {
         scratch.push(0);
         let c = std::ffi::CStr::from_bytes_with_nul(scratch)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a path"))?;
-        Ok(if follow {
-            rustix::fs::stat(c)?
-        } else {
-            rustix::fs::lstat(c)?
-        })
+        Ok(rustix::fs::statx(rustix::fs::CWD, c, flags(follow), mask)?)
     }
 
     /// True if the path exists (without following a final link).
@@ -292,9 +460,21 @@ impl Host {
         self.lstat(path).is_ok()
     }
 
-    /// Lists a directory with raw `getdents64`.
+    /// Lists a directory with raw `getdents64`, found through [`Host::find`].
     pub fn list_dir(&self, path: impl AsRef<Path>) -> io::Result<Vec<DirEntry>> {
-        list_dir_raw(&self.path(path))
+        let path = path.as_ref();
+        let bytes = path.as_os_str().as_bytes();
+        if is_kernel_path(bytes) && magic_link(bytes) == Magic::No {
+            return list_dir_raw(&self.path(path));
+        }
+        let f = self.find(path, true)?;
+        if f.file_type() != FileType::Directory {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{}: not a directory", crate::escape::escape(bytes)),
+            ));
+        }
+        list_fd(&reopen_dir(&f.fd)?)
     }
 
     /// Lists the numeric entries of a directory (PIDs in `/proc`, TIDs in `task/`).
@@ -515,9 +695,24 @@ pub fn list_dir_raw(path: &Path) -> io::Result<Vec<DirEntry>> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    list_fd(&fd)
+}
+
+/// Opens an `O_PATH` directory descriptor for listing.
+fn reopen_dir(fd: &rustix::fd::OwnedFd) -> io::Result<rustix::fd::OwnedFd> {
+    use rustix::fd::AsRawFd;
+    Ok(rustix::fs::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Lists an open directory with the `getdents64` system call.
+pub fn list_fd(fd: &rustix::fd::OwnedFd) -> io::Result<Vec<DirEntry>> {
     // 32 KiB holds ~1,000 /proc entries per system call.
     let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 * 1024];
-    let mut dir = RawDir::new(&fd, &mut buf);
+    let mut dir = RawDir::new(fd, &mut buf);
     let mut out = Vec::new();
     while let Some(entry) = dir.next() {
         let entry = entry?;
@@ -691,6 +886,20 @@ mod tests {
     }
 
     #[test]
+    fn magic_links_of_processes() {
+        assert_eq!(magic_link(b"/proc/12/exe"), Magic::Last);
+        assert_eq!(magic_link(b"/proc/self/fd/3"), Magic::Last);
+        assert_eq!(magic_link(b"/proc/12/task/13/cwd"), Magic::Last);
+        assert_eq!(magic_link(b"/proc/12/cwd/config.json"), Magic::Below);
+        assert_eq!(magic_link(b"/proc/12/root/etc/passwd"), Magic::Below);
+        assert_eq!(magic_link(b"/proc/12/fd/3/x"), Magic::Below);
+        assert_eq!(magic_link(b"/proc/12/stat"), Magic::No);
+        assert_eq!(magic_link(b"/proc/self/fd/7/12/stat"), Magic::Below);
+        assert_eq!(magic_link(b"/proc/stat"), Magic::No);
+        assert_eq!(magic_link(b"/etc/passwd"), Magic::No);
+    }
+
+    #[test]
     fn pid_names() {
         assert_eq!(parse_pid(b"123"), Some(123));
         assert_eq!(parse_pid(b"0"), None);
@@ -756,8 +965,10 @@ impl Host {
     /// Owner, mode, size and the immutable/append-only attributes (read with
     /// the `FS_IOC_GETFLAGS` ioctl, as `lsattr` does) of a file.
     pub fn file_meta(&self, path: impl AsRef<Path>) -> FileMeta {
-        let p = self.path(path);
-        let Ok(st) = rustix::fs::stat(&p) else {
+        let Ok(found) = self.find(path, true) else {
+            return FileMeta::default();
+        };
+        let Ok(st) = rustix::fs::fstat(&found.fd) else {
             return FileMeta::default();
         };
         let mut m = FileMeta {
@@ -772,13 +983,20 @@ impl Host {
         let is_reg = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
         if is_reg || is_dir {
-            if let Ok((immutable, append_only)) = inode_attrs(&p) {
+            if let Ok((immutable, append_only)) = reopen_attrs(&found.fd) {
                 m.immutable = immutable;
                 m.append_only = append_only;
             }
         }
         m
     }
+}
+
+/// The immutable and append-only attributes of what an `O_PATH` descriptor
+/// names (a regular file or directory on a checked file system).
+fn reopen_attrs(fd: &rustix::fd::OwnedFd) -> io::Result<(bool, bool)> {
+    use rustix::fd::AsRawFd;
+    inode_attrs(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))
 }
 
 /// The immutable and append-only attributes of a file or directory (the
@@ -792,4 +1010,61 @@ pub fn inode_attrs(path: &Path) -> io::Result<(bool, bool)> {
         f.contains(rustix::fs::IFlags::IMMUTABLE),
         f.contains(rustix::fs::IFlags::APPEND),
     ))
+}
+
+/// True for paths of the kernel's own file systems (procfs, sysfs), read
+/// directly: nothing there is served by a user or another machine.
+fn is_kernel_path(path: &[u8]) -> bool {
+    path == b"/proc" || path == b"/sys" || path.starts_with(b"/proc/") || path.starts_with(b"/sys/")
+}
+
+/// Where a `/proc` path meets a process's magic links.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Magic {
+    /// It does not.
+    No,
+    /// It ends in one (`/proc/PID/exe`, `cwd`, `root`, `fd/N`,
+    /// `map_files/X`): what it leads to is checked.
+    Last,
+    /// It goes on below `cwd`, `root` or `fd/N`: refused.
+    Below,
+}
+
+fn magic_link(path: &[u8]) -> Magic {
+    let Some(rest) = path.strip_prefix(b"/proc/") else {
+        return Magic::No;
+    };
+    let comps: Vec<&[u8]> = rest
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let is_pid = |c: &[u8]| c == b"self" || c == b"thread-self" || parse_pid(c).is_some();
+    if !comps.first().is_some_and(|c| is_pid(c)) {
+        return Magic::No;
+    }
+    let mut i = 1;
+    if comps.get(i) == Some(&&b"task"[..])
+        && comps.get(i + 1).is_some_and(|c| parse_pid(c).is_some())
+    {
+        i += 2;
+    }
+    let tail = &comps[i.min(comps.len())..];
+    match tail {
+        [b"exe"] | [b"cwd"] | [b"root"] => Magic::Last,
+        [b"fd" | b"map_files", _] => Magic::Last,
+        [b"cwd" | b"root", _, ..] | [b"fd" | b"map_files", _, _, ..] => Magic::Below,
+        _ => Magic::No,
+    }
+}
+
+/// An I/O error naming its (escaped) path.
+fn io_err(e: rustix::io::Errno, path: &[u8]) -> io::Error {
+    io::Error::new(
+        io::Error::from(e).kind(),
+        format!("{}: {e}", crate::escape::escape(path)),
+    )
+}
+
+fn io_err_io(e: io::Error, path: &[u8]) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", crate::escape::escape(path)))
 }

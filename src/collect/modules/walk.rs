@@ -86,6 +86,13 @@ pub struct WalkStats {
     #[serde(skip)]
     seen_dirs: Vec<SeenDir>,
     pub truncated: Option<String>,
+    /// Directories and files not walked because a user or another machine
+    /// serves them (FUSE, NFS, ...), in words.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_walked: Vec<String>,
+    /// Who serves each device met (per worker).
+    #[serde(skip)]
+    devs: Vec<((u32, u32, u64), bool)>,
     pub elapsed_ms: f64,
 }
 
@@ -238,7 +245,7 @@ pub fn find_files_deferred(
     // be recognised twice.
     let canon: Vec<Option<std::path::PathBuf>> = roots
         .iter()
-        .map(|r| std::fs::canonicalize(host.path(r)).ok())
+        .map(|r| host.find(r, true).ok().map(|f| bytes_to_path(&f.real)))
         .collect();
     let mut start: Vec<DirItem> = Vec::new();
     let mut skip: Vec<Vec<u8>> = Vec::new();
@@ -355,6 +362,11 @@ pub fn find_files_deferred(
         seen_modules.extend(st.seen_modules);
         seen_not.extend(st.seen_not);
         seen_dirs.extend(st.seen_dirs);
+        for n in st.not_walked {
+            if !stats.not_walked.contains(&n) {
+                stats.not_walked.push(n);
+            }
+        }
     }
     let save = PendingSave {
         modules_changed: stats.inspected > 0 || stats.cached != seen_modules.len() + seen_not.len(),
@@ -408,6 +420,12 @@ fn walk_one(
     // The directory itself (a root may be a link: followed, as the listing
     // would). Unchanged since a walk listed it: its listing is reused.
     let st = host.stat_bytes(dir, true, &mut scratch.c).ok();
+    // A directory a user or another machine serves is never listed: its
+    // listing would wait on them (host::mount).
+    if st.as_ref().is_some_and(|st| !local(host, st, dir, stats)) {
+        scratch.path = cand;
+        return true;
+    }
     if let Some(rec) = st.as_ref().and_then(|st| dir_cache.get(st)) {
         stats.dirs += 1;
         stats.dirs_cached += 1;
@@ -426,8 +444,15 @@ fn walk_one(
         stats.seen_dirs.push(((k[0], k[1]), None)); // reused as it is
         return true;
     }
-    let Ok(entries) = host.list_dir(bytes_to_path(dir)) else {
-        return true;
+    let entries = match host.list_dir_direct(dir) {
+        Ok(e) => e,
+        Err(r) => {
+            if r.is_remote() {
+                note_served(stats, r.describe());
+            }
+            scratch.path = cand;
+            return true;
+        }
     };
     stats.dirs += 1;
     let mut rec = DirRecord {
@@ -474,6 +499,32 @@ fn walk_one(
         }
     }
     true
+}
+
+/// Whether what `st` describes lies on a file system the kernel serves
+/// (remembered per device for the worker); a served one is noted once.
+fn local(host: &Host, st: &rustix::fs::Statx, path: &[u8], stats: &mut WalkStats) -> bool {
+    // By device and mount: overlayfs gives the files it passes through
+    // devices of their own, judged by the overlay mount (Classifier::check_stat).
+    let dev = (st.stx_dev_major, st.stx_dev_minor, st.stx_mnt_id);
+    if let Some((_, ok)) = stats.devs.iter().find(|(d, _)| *d == dev) {
+        return *ok;
+    }
+    let ok = match host.classes().check_stat(st, path) {
+        Ok(()) => true,
+        Err(r) => {
+            note_served(stats, r.describe());
+            false
+        }
+    };
+    stats.devs.push((dev, ok));
+    ok
+}
+
+fn note_served(stats: &mut WalkStats, what: String) {
+    if stats.not_walked.len() < 16 && !stats.not_walked.contains(&what) {
+        stats.not_walked.push(what);
+    }
 }
 
 /// `dir/name` into `out` (cleared first).
@@ -531,6 +582,9 @@ fn inspect_candidate(
     stats: &mut WalkStats,
 ) -> Option<ModuleFile> {
     let st = host.stat_bytes(path, false, scratch).ok()?;
+    if !local(host, &st, path, stats) {
+        return None;
+    }
     let key = key_of(&st);
     if let Some(j) = cache.module(&key) {
         stats.cached += 1;
@@ -545,8 +599,8 @@ fn inspect_candidate(
         stats.seen_modules.push((key, Judged::of(&m)));
         return Some(m);
     }
-    let size = st.st_size as u64;
-    if !(64..=MAX_SNIFF_SIZE).contains(&size) || st.st_mode & 0o170000 != 0o100000 {
+    let size = st.stx_size;
+    if !(64..=MAX_SNIFF_SIZE).contains(&size) || st.stx_mode as u32 & 0o170000 != 0o100000 {
         return None;
     }
     if cache.is_not_module(&key) {
@@ -555,7 +609,7 @@ fn inspect_candidate(
         return None;
     }
     stats.sniffed += 1;
-    let head = host.read_prefix(bytes_to_path(path), 20).ok()?;
+    let head = host.read_prefix_direct(path, 20).ok()?;
     if head.len() < 20 || &head[..4] != b"\x7fELF" || elf_type(&head) != Some(1) {
         stats.seen_not.push(key);
         return None;
