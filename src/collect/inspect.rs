@@ -26,7 +26,8 @@ use serde::Serialize;
 use super::minercfg::{self, MinerConfig};
 use super::process::{parse_maps, Region};
 use super::signatures::{Match, Signatures};
-use crate::host::Host;
+use crate::host::proc_root::ProcRoot;
+use crate::host::{Found, Host};
 
 /// Largest single memory region read. Miners' jobs, configs and unpacked code
 /// live in the heap and small anonymous regions; the huge regions are hash
@@ -52,7 +53,7 @@ pub const MAX_EXE: usize = 64 << 20;
 /// heap, stack, or the executable's own data. Shared libraries and other
 /// mapped files are files (judged as files elsewhere); kernel pages (`[vvar]`,
 /// `[vdso]`, `[vsyscall]`) are the same in every process.
-pub fn wanted(r: &Region, exe_path: Option<&[u8]>) -> bool {
+pub fn wanted_region(r: &Region, exe_path: Option<&[u8]>) -> bool {
     if r.perms[0] != b'r' || r.perms[3] != b'p' {
         return false;
     }
@@ -121,6 +122,26 @@ pub struct Inspection {
     pub mem_skipped: Vec<String>,
     /// Miner configurations it reads.
     pub configs: Vec<MinerConfig>,
+    /// A file its command line names (`-c FILE`) that does not exist.
+    pub config_missing: Option<String>,
+    /// What was not read because a user or another machine serves it (its
+    /// executable, a memory region, a configuration), in words.
+    pub not_read: Vec<String>,
+    /// The executable is on a file system a user or another machine serves
+    /// (in words): a hiding place of its own, and not read.
+    pub exe_served: Option<String>,
+    /// The executable as the process sees it, and the same inode as a path
+    /// in Quarry's mount namespace (what `fix` quarantines); `None` when no
+    /// host path leads to it.
+    pub exe_view: Option<crate::host::BytePath>,
+    pub exe_host: Option<crate::host::BytePath>,
+    /// Where its files live when that is not Quarry's own root (a chroot or
+    /// a container's mount namespace), in words.
+    pub root: Option<String>,
+    /// The process runs Quarry's own executable (device and inode): its
+    /// memory holds Quarry's compiled rules, so memory matches are listed but
+    /// not counted; everything else about it is judged.
+    pub quarry_exe: bool,
     /// Its namespaces, when they are not Quarry's (a container's miner talks
     /// to its pool from its own network namespace).
     pub namespaces: Namespaces,
@@ -162,30 +183,58 @@ pub fn inspect(
             continue;
         };
         let t = std::time::Instant::now();
-        let (argv, exe_file, mapped_exe) = match &p.exe {
-            Ok(e) => (
-                &p.cmdline,
-                (!e.memfd && !e.deleted).then_some(e.path.as_slice()),
-                Some(e.link.as_slice()),
-            ),
-            Err(_) => (&p.cmdline, None, None),
-        };
+        let mapped_exe = p.exe.as_ref().ok().map(|e| e.link.as_slice());
         let mut ins = Inspection::default();
-        let exe_link = format!("/proc/{pid}/exe");
-        let key = host.ident(exe_link.as_bytes());
-        if key.is_some() && key == quarry_itself {
-            // Another Quarry (a `watch` daemon beside a `scan`) holds the
-            // rules it matches with in memory: proven the same file, it is
-            // not matched against them.
-            ins.exe_note = Some("the executable is Quarry's own file: not matched".into());
-            ins.took_us = t.elapsed().as_micros() as u64;
-            out.insert(*pid, ins);
-            continue;
+        let root = ProcRoot::open(host, *pid).ok();
+        if let Some(r) = root.as_ref().filter(|r| !r.is_same()) {
+            ins.root = Some(r.describe());
         }
+        let exe_link = format!("/proc/{pid}/exe");
+        // The executable, found through its link and checked for who serves
+        // it before it is opened.
+        let exe = match host.find(&exe_link, true) {
+            Ok(f) => Some(f),
+            Err(r) => {
+                if r.is_remote() {
+                    ins.exe_served = Some(r.describe());
+                    ins.not_read.push(format!("executable: {}", r.describe()));
+                }
+                ins.exe_note = Some(format!("{exe_link}: {}", r.describe()));
+                None
+            }
+        };
+        let key = exe.as_ref().map(|f| {
+            (
+                rustix::fs::makedev(f.stat.stx_dev_major, f.stat.stx_dev_minor),
+                f.stat.stx_ino,
+                f.stat.stx_size,
+            )
+        });
+        if let (Some(f), Some(r)) = (&exe, &root) {
+            if let Ok(target) = host.read_link(&exe_link) {
+                let view = r.view_of(&target);
+                ins.exe_view = Some(crate::host::BytePath::new(view.clone()));
+                let f2 = Found {
+                    fd: match rustix::io::fcntl_dupfd_cloexec(&f.fd, 0) {
+                        Ok(fd) => fd,
+                        Err(_) => continue,
+                    },
+                    stat: f.stat,
+                    real: view,
+                };
+                if !p.exe.as_ref().is_ok_and(|e| e.deleted || e.memfd) {
+                    ins.exe_host = r.host_path(&f2).map(crate::host::BytePath::new);
+                }
+            }
+        }
+        ins.quarry_exe = key.is_some() && key == quarry_itself;
         if let Some(hit) = key.and_then(|k| exe_cache.get(&k)) {
             (ins.exe_matches, ins.exe_bytes, ins.exe_sha256) = hit.clone();
-        } else {
-            match host.read_prefix(&exe_link, MAX_EXE) {
+        } else if let Some(f) = &exe {
+            match f
+                .open_read()
+                .and_then(|fd| crate::host::read_fd(&fd, MAX_EXE))
+            {
                 Ok(data) => {
                     ins.exe_matches = sigs.scan(&data, super::signatures::Place::File);
                     ins.exe_bytes = data.len() as u64;
@@ -209,7 +258,19 @@ pub fn inspect(
         if host.is_live() {
             read_memory(host, sigs, *pid, mapped_exe, &mut ins);
         }
-        ins.configs = minercfg::find(host, *pid, argv, exe_file);
+        if let Some(r) = &root {
+            let exe_view = p
+                .exe
+                .as_ref()
+                .ok()
+                .filter(|e| !e.memfd)
+                .and(ins.exe_view.as_ref())
+                .map(|v| v.as_bytes().to_vec());
+            let found = minercfg::find(host, r, &p.cmdline, exe_view.as_deref(), p.uid);
+            ins.configs = found.configs;
+            ins.config_missing = found.named_missing;
+            ins.not_read.extend(found.not_read);
+        }
         ins.namespaces = namespaces(host, *pid, own_net.as_deref());
         let dogs = watchdogs(host, snap, *pid);
         // A restart seen during the sample: the process was not there at the
@@ -316,6 +377,29 @@ pub fn watchdogs(host: &Host, snap: &super::Snapshot, pid: i32) -> Vec<(i32, Str
     out
 }
 
+/// Bytes gathered into one buffer before the matcher runs over them: small
+/// regions are matched together (one pass for thousands of them).
+const CHUNK: usize = 8 << 20;
+
+/// The order in which regions are read until the budget is spent: where a
+/// miner keeps its pool job and configuration first (the heap, then small
+/// anonymous regions such as thread arenas' used parts, smallest first), the
+/// stack and the executable's data next, a huge region's head last.
+fn priority(r: &Region) -> (u8, u64) {
+    let rank = if r.path == b"[heap]" {
+        0
+    } else if r.len() > MAX_REGION {
+        4
+    } else if r.path.is_empty() {
+        1
+    } else if r.path.starts_with(b"[stack") {
+        2
+    } else {
+        3
+    };
+    (rank, r.len())
+}
+
 fn read_memory(host: &Host, sigs: &Signatures, pid: i32, exe: Option<&[u8]>, ins: &mut Inspection) {
     let maps = match host.read(format!("/proc/{pid}/maps")) {
         Ok(m) => parse_maps(&m),
@@ -334,10 +418,54 @@ fn read_memory(host: &Host, sigs: &Signatures, pid: i32, exe: Option<&[u8]>, ins
             return;
         }
     };
+    let classes = host.classes();
+    let mut wanted: Vec<&Region> = Vec::new();
+    let mut served_devs: Vec<((u32, u32), bool)> = Vec::new();
+    for r in maps.iter().filter(|r| wanted_region(r, exe)) {
+        // A region mapped from a file is read from that file where it was
+        // never written: a page a FUSE server never serves would hold the
+        // read for good (filemap_fault under /proc/PID/mem). Such regions
+        // are named, not read.
+        if r.dev != (0, 0) {
+            let ok = match served_devs.iter().find(|(d, _)| *d == r.dev) {
+                Some((_, ok)) => *ok,
+                None => {
+                    let ok = match classes.check(r.dev, &r.path) {
+                        Ok(()) => true,
+                        Err(refused) => {
+                            ins.not_read.push(format!(
+                                "memory region {:#x}-{:#x}: {}",
+                                r.start,
+                                r.end,
+                                refused.describe()
+                            ));
+                            false
+                        }
+                    };
+                    served_devs.push((r.dev, ok));
+                    ok
+                }
+            };
+            if !ok {
+                continue;
+            }
+        }
+        wanted.push(r);
+    }
+    wanted.sort_by_key(|r| priority(r));
     let mut budget = MEM_BUDGET;
     let (mut over_budget, mut over_bytes) = (0usize, 0u64);
-    let mut buf = Vec::new();
-    for r in maps.iter().filter(|r| wanted(r, exe)) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut parts: Vec<super::signatures::Part> = Vec::new();
+    let flush =
+        |buf: &mut Vec<u8>, parts: &mut Vec<super::signatures::Part>, ins: &mut Inspection| {
+            if !parts.is_empty() {
+                ins.mem_matches.extend(sigs.scan_memory(buf, parts));
+            }
+            buf.clear();
+            parts.clear();
+        };
+    for r in wanted {
         // A huge region is read only at its start, where a heap keeps its
         // first allocations (configuration, pool job); a hash dataset's
         // bytes past that say nothing.
@@ -361,20 +489,27 @@ fn read_memory(host: &Host, sigs: &Signatures, pid: i32, exe: Option<&[u8]>, ins
             continue;
         }
         budget -= want;
-        buf.resize(want as usize, 0);
-        let n = crate::host::pread_all(&mem, &mut buf, r.start);
+        if buf.len() + want as usize > CHUNK && !parts.is_empty() {
+            flush(&mut buf, &mut parts, ins);
+        }
+        let at = buf.len();
+        buf.resize(at + want as usize, 0);
+        let n = crate::host::pread_all(&mem, &mut buf[at..], r.start);
+        buf.truncate(at + n);
         if n == 0 {
             continue;
         }
         ins.mem_bytes += n as u64;
         ins.mem_regions += 1;
-        let place = super::signatures::Place::Memory {
+        parts.push(super::signatures::Part {
+            offset: at,
             start: r.start,
             label: r.label(),
             writable: r.perms[1] == b'w',
-        };
-        ins.mem_matches.extend(sigs.scan(&buf[..n], place));
+        });
+        buf.resize(buf.len() + super::signatures::PART_GAP, 0);
     }
+    flush(&mut buf, &mut parts, ins);
     if over_budget > 0 {
         ins.mem_skipped.push(format!(
             "{over_budget} regions ({} MiB) beyond the {} MiB read per process",
@@ -402,10 +537,10 @@ garbage line\n";
         assert!(m[1].path.is_empty());
         assert_eq!(m[1].len(), 0x1_0000_0000);
         assert_eq!(m[3].path, b"/tmp/.x/my miner (deleted)");
-        assert!(wanted(&m[0], None));
-        assert!(wanted(&m[1], None));
-        assert!(!wanted(&m[2], None));
-        assert!(wanted(&m[3], Some(b"/tmp/.x/my miner (deleted)")));
-        assert!(!wanted(&m[3], Some(b"/usr/bin/x")));
+        assert!(wanted_region(&m[0], None));
+        assert!(wanted_region(&m[1], None));
+        assert!(!wanted_region(&m[2], None));
+        assert!(wanted_region(&m[3], Some(b"/tmp/.x/my miner (deleted)")));
+        assert!(!wanted_region(&m[3], Some(b"/usr/bin/x")));
     }
 }

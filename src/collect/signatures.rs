@@ -69,6 +69,21 @@ pub enum Place {
 }
 
 /// One rule that matched one buffer.
+/// One memory region inside a buffer given to [`Signatures::scan_memory`].
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// Where the region's bytes start in the buffer.
+    pub offset: usize,
+    /// Its address in the process.
+    pub start: u64,
+    pub label: String,
+    pub writable: bool,
+}
+
+/// Zero bytes left between two regions in one buffer: longer than any
+/// string of the built-in rules, so no match spans two regions.
+pub const PART_GAP: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Match {
     pub rule: String,
@@ -161,12 +176,43 @@ impl Signatures {
 
     /// Matches every rule against one buffer.
     pub fn scan(&self, data: &[u8], place: Place) -> Vec<Match> {
+        let regions = match place {
+            Place::File => return self.scan_parts(data, None),
+            Place::Memory {
+                start,
+                label,
+                writable,
+            } => vec![Part {
+                offset: 0,
+                start,
+                label,
+                writable,
+            }],
+        };
+        self.scan_parts(data, Some(&regions))
+    }
+
+    /// Matches one buffer that holds several memory regions one after the
+    /// other (`parts`, by their offset in `data`, ascending), in one matcher
+    /// pass: thousands of small regions cost one scan, not thousands. The
+    /// caller leaves a gap of [`PART_GAP`] zero bytes between regions so no
+    /// string spans two; each match is placed in its own region.
+    pub fn scan_memory(&self, data: &[u8], parts: &[Part]) -> Vec<Match> {
+        self.scan_parts(data, Some(parts))
+    }
+
+    fn scan_parts(&self, data: &[u8], parts: Option<&[Part]>) -> Vec<Match> {
         let mut scanner = yara_x::Scanner::new(&self.rules);
         scanner
             .set_timeout(SCAN_TIMEOUT)
             .max_matches_per_pattern(MAX_MATCHES_PER_PATTERN);
         let Ok(results) = scanner.scan(data) else {
             return Vec::new();
+        };
+        let part_of = |off: usize| -> Option<&Part> {
+            let parts = parts?;
+            let i = parts.partition_point(|p| p.offset <= off);
+            parts.get(i.checked_sub(1)?)
         };
         let mut out = Vec::new();
         for r in results.matching_rules() {
@@ -182,28 +228,34 @@ impl Signatures {
                     _ => {}
                 }
             }
-            if file_only && matches!(place, Place::Memory { .. }) {
+            if file_only && parts.is_some() {
                 continue;
             }
             let first = r
                 .patterns()
                 .find_map(|p| p.matches().next().map(|m| (p.identifier(), m)));
-            let (string, data, at) = match first {
+            let (string, data, at, writable) = match first {
                 Some((id, m)) => {
                     let bytes = &m.data()[..m.data().len().min(EVIDENCE_BYTES)];
                     let mut d = crate::escape::escape(bytes);
                     if m.data().len() > EVIDENCE_BYTES {
                         d.push('…');
                     }
-                    let at = match &place {
-                        Place::File => format!("file offset {:#x}", m.range().start),
-                        Place::Memory { start, label, .. } => {
-                            format!("{:#x} ({label})", start + m.range().start as u64)
+                    let off = m.range().start;
+                    let at = match part_of(off) {
+                        None => format!("file offset {off:#x}"),
+                        Some(p) => {
+                            format!("{:#x} ({})", p.start + (off - p.offset) as u64, p.label)
                         }
                     };
-                    (id.to_string(), d, at)
+                    (
+                        id.to_string(),
+                        d,
+                        at,
+                        part_of(off).is_some_and(|p| p.writable),
+                    )
                 }
-                None => (String::new(), String::new(), String::new()),
+                None => (String::new(), String::new(), String::new(), false),
             };
             let origin = r
                 .namespace()
@@ -212,7 +264,7 @@ impl Signatures {
                 .cloned()
                 .unwrap_or_else(|| "built-in".into());
             out.push(Match {
-                in_data: matches!(place, Place::Memory { writable: true, .. }),
+                in_data: writable,
                 rule: r.identifier().to_string(),
                 origin,
                 weight,
