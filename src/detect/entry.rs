@@ -239,11 +239,53 @@ fn container_what(t: &Trace) -> String {
     }
 }
 
-fn ssh_from(t: &Trace) -> Option<String> {
+/// The source address `SSH_CONNECTION` claims: the process's own
+/// environment, which its owner can set to anything.
+fn ssh_claim(t: &Trace) -> Option<String> {
     t.ssh_connection
         .as_deref()
         .and_then(|c| c.split_whitespace().next())
         .map(str::to_string)
+}
+
+/// Seconds around a process's start within which a login record
+/// corroborates it (a login takes a moment before its shell starts
+/// anything; the record may also be written a moment after).
+const LOGIN_SLACK: i64 = 60;
+
+/// The SSH source address of a process, when a source its user cannot
+/// write corroborates it: the logind session it runs in (root's
+/// /run/systemd/sessions), or a login record sshd wrote (wtmp, not a syslog
+/// line) for its real user from that address before it started. The
+/// address and how it was verified; `None` when only the environment claims
+/// it.
+fn ssh_verified(
+    t: &Trace,
+    users: &crate::collect::users::Users,
+    logins: Option<&Logins>,
+) -> Option<(String, String)> {
+    let ip = ssh_claim(t)?;
+    if let Some(s) = &t.session {
+        if s.remote_host.as_deref() == Some(ip.as_str()) {
+            return Some((ip, format!("its logind session {} ({})", s.id, s.file)));
+        }
+    }
+    let subject = t.chain.first()?;
+    let user = subject.uid.map(|u| users.name(u))?;
+    let start = subject.start?;
+    let r = logins?.records.iter().rev().find(|r| {
+        r.ok && !r.forgeable()
+            && r.from == ip
+            && r.user == user
+            && r.time <= start + LOGIN_SLACK
+            && r.time >= start - LOOKBACK
+    })?;
+    Some((ip, format!("a login record sshd wrote ({})", r.source())))
+}
+
+/// The process's real user, never its environment's `USER`.
+fn real_user(t: &Trace, users: &crate::collect::users::Users) -> String {
+    t.chain.first().map_or("?".into(), |s| user_of(s, users))
 }
 
 fn user_of(l: &Link, users: &crate::collect::users::Users) -> String {
@@ -253,7 +295,12 @@ fn user_of(l: &Link, users: &crate::collect::users::Users) -> String {
 
 /// A door from a process name (the first ancestor that is not a shell,
 /// interpreter, downloader or launcher).
-fn door_from_ancestor(l: &Link, t: &Trace, users: &crate::collect::users::Users) -> Door {
+fn door_from_ancestor(
+    l: &Link,
+    t: &Trace,
+    users: &crate::collect::users::Users,
+    logins: Option<&Logins>,
+) -> Door {
     let n = l.exe_base.as_str();
     let d = |kind, summary: String, tech: &str| Door {
         kind,
@@ -321,12 +368,18 @@ fn door_from_ancestor(l: &Link, t: &Trace, users: &crate::collect::users::Users)
             )
         }
         "sshd" | "sshd-session" => {
-            let from = ssh_from(t).unwrap_or_else(|| "an unknown address".into());
+            let from = match (ssh_verified(t, users, logins), ssh_claim(t)) {
+                (Some((ip, how)), _) => format!("from {ip} (verified by {how})"),
+                (None, Some(ip)) => format!(
+                    "from an address not verified ({ip} is only claimed by its own environment, which its owner can set)"
+                ),
+                (None, None) => "from an unknown address".into(),
+            };
             d(
                 "ssh",
                 format!(
-                    "an SSH login as {} from {from} (sshd, PID {})",
-                    t.chain.first().map_or("?".into(), |s| user_of(s, users)),
+                    "an SSH login as {} {from} (sshd, PID {})",
+                    real_user(t, users),
                     l.pid
                 ),
                 "T1078",
@@ -362,15 +415,21 @@ fn door_from_ancestor(l: &Link, t: &Trace, users: &crate::collect::users::Users)
 /// The door, from a trace: the first real ancestor, or, for a process
 /// re-parented to PID 1, what survives (container, environment, unit,
 /// session).
-pub fn door(t: &Trace, users: &crate::collect::users::Users) -> Option<Door> {
-    let first_real = t.chain.iter().skip(1).find(|l| {
-        role(l) != Role::Shell
-            && role(l) != Role::Interpreter
-            && role(l) != Role::Downloader
-            && role(l) != Role::Launcher
+pub fn door(
+    t: &Trace,
+    users: &crate::collect::users::Users,
+    logins: Option<&Logins>,
+) -> Option<Door> {
+    // An ancestor names a door only when its name can be believed: its
+    // executable is a file only root can change. A user's own program
+    // named `java` or `sshd` is passed over like a shell.
+    let first_real = t.chain.iter().skip(1).find(|l| match role(l) {
+        Role::Shell | Role::Interpreter | Role::Downloader | Role::Launcher => false,
+        Role::Door => l.exe_trusted,
+        _ => true,
     });
     if let Some(l) = first_real.filter(|l| role(l) == Role::Door) {
-        return Some(door_from_ancestor(l, t, users));
+        return Some(door_from_ancestor(l, t, users, logins));
     }
     // Orphaned (or started by init): what still tells.
     let ctx = |kind, summary: String, tech: &str, found_by| Door {
@@ -391,13 +450,14 @@ pub fn door(t: &Trace, users: &crate::collect::users::Users) -> Option<Door> {
             "cgroup",
         ));
     }
-    if let Some(from) = ssh_from(t) {
-        let user = t.env_user.clone().unwrap_or_else(|| "?".into());
+    // SSH_CONNECTION survives re-parenting, but its owner can write it:
+    // it names the door only when a source the user cannot write agrees.
+    if let Some((from, how)) = ssh_verified(t, users, logins) {
         return Some(ctx(
             "ssh",
             format!(
-                "an SSH login as {user} from {from} (SSH_CONNECTION in its environment, kept after it left the session){}",
-                t.sudo_user.as_ref().map(|s| format!(", through sudo from {s}")).unwrap_or_default()
+                "an SSH login as {} from {from} (SSH_CONNECTION in its environment, kept after it left the session, verified by {how})",
+                real_user(t, users)
             ),
             "T1078",
             "environment",
@@ -461,8 +521,8 @@ pub fn door(t: &Trace, users: &crate::collect::users::Users) -> Option<Door> {
         ));
     }
     if let Some(l) = &t.session_leader {
-        if role(l) == Role::Door {
-            let mut d = door_from_ancestor(l, t, users);
+        if role(l) == Role::Door && l.exe_trusted {
+            let mut d = door_from_ancestor(l, t, users, logins);
             d.found_by = "session";
             return Some(d);
         }
@@ -471,8 +531,13 @@ pub fn door(t: &Trace, users: &crate::collect::users::Users) -> Option<Door> {
 }
 
 /// Lineage and context lines for a trace.
-pub fn origin(t: &Trace, rules: Vec<String>, users: &crate::collect::users::Users) -> Origin {
-    let door = door(t, users);
+pub fn origin(
+    t: &Trace,
+    rules: Vec<String>,
+    users: &crate::collect::users::Users,
+    logins: Option<&Logins>,
+) -> Origin {
+    let door = door(t, users, logins);
     let door_pid = door.as_ref().and_then(|d| d.pid);
     let mut past_door = false;
     let chain = t
@@ -489,6 +554,7 @@ pub fn origin(t: &Trace, rules: Vec<String>, users: &crate::collect::users::User
                 Role::Door
             } else {
                 match role(l) {
+                    Role::Door if !l.exe_trusted && door_pid.is_some() => Role::Launcher,
                     Role::Door => Role::Above,
                     r => r,
                 }
@@ -503,10 +569,42 @@ pub fn origin(t: &Trace, rules: Vec<String>, users: &crate::collect::users::User
         .collect();
     let mut context = Vec::new();
     if let Some(c) = &t.ssh_connection {
-        context.push(format!("SSH_CONNECTION={c} in its environment"));
+        let verified = ssh_verified(t, users, logins)
+            .map(|(_, how)| format!("verified by {how}"))
+            .unwrap_or_else(|| {
+                "unverified: no login session or login record sshd wrote agrees".into()
+            });
+        context.push(format!(
+            "SSH_CONNECTION={c} claimed by its own environment (its owner can set it; {verified})"
+        ));
+    }
+    if let Some(u) = &t.env_user {
+        let real = real_user(t, users);
+        if *u != real {
+            context.push(format!(
+                "USER={u} claimed by its own environment; it runs as {real}"
+            ));
+        }
     }
     if let Some(u) = &t.sudo_user {
-        context.push(format!("SUDO_USER={u} in its environment"));
+        context.push(format!(
+            "SUDO_USER={u} claimed by its own environment (its owner can set it)"
+        ));
+    }
+    for l in t.chain.iter().skip(1) {
+        if role(l) == Role::Door && !l.exe_trusted {
+            context.push(format!(
+                "PID {} {} runs {}, {}: its name says nothing of what program it is (not taken as the door)",
+                l.pid,
+                l.name,
+                l.exe.as_deref().unwrap_or("an unreadable executable"),
+                match l.exe_owner {
+                    Some(u) if u != 0 => format!("a file of uid {u}, not a program only root can change"),
+                    Some(_) => "a file others can change".into(),
+                    None => "which could not be checked".into(),
+                }
+            ));
+        }
     }
     if let Some(u) = &t.unit {
         context.push(format!("cgroup unit {u}"));
@@ -1050,19 +1148,47 @@ pub fn timeline(
     if let (Some(first), Some(l)) = (first, logins) {
         let from = first - LOOKBACK;
         // The last successful login before the case began.
+        // A syslog line agreeing with a wtmp record is that record; a
+        // syslog line alone is shown as the claim it is.
+        let corroborated = |r: &logins::Login| {
+            !r.forgeable()
+                || l.records.iter().any(|w| {
+                    !w.forgeable()
+                        && w.ok
+                        && w.user == r.user
+                        && w.from == r.from
+                        && (w.time - r.time).abs() <= 5
+                })
+        };
         if let Some(r) = l
             .records
             .iter()
             .rev()
-            .find(|r| r.ok && r.time <= first && r.time >= from)
+            .filter(|r| r.ok && r.time <= first && r.time >= from)
+            .max_by_key(|r| (corroborated(r), r.time))
         {
+            let r = match (corroborated(r), r.forgeable()) {
+                (true, true) => l
+                    .records
+                    .iter()
+                    .find(|w| {
+                        !w.forgeable()
+                            && w.ok
+                            && w.user == r.user
+                            && w.from == r.from
+                            && (w.time - r.time).abs() <= 5
+                    })
+                    .unwrap_or(r),
+                _ => r,
+            };
             push(
                 &mut ev,
                 Event::new(
                     r.time,
                     RANK_LOGIN,
                     format!(
-                        "login {} from {}{}",
+                        "{}login {} from {}{}",
+                        if r.forgeable() { "claimed " } else { "" },
                         r.user,
                         if r.from.is_empty() {
                             "a local terminal"
@@ -1074,7 +1200,14 @@ pub fn timeline(
                             .map(|m| format!(" ({m})"))
                             .unwrap_or_default()
                     ),
-                    format!("{} (last -F / journalctl -u ssh)", r.source()),
+                    if r.forgeable() {
+                        format!(
+                            "{} (last -F / journalctl -u ssh): a syslog line, which any user can send (logger -t sshd); unverified, no login record sshd wrote agrees",
+                            r.source()
+                        )
+                    } else {
+                        format!("{} (last -F / journalctl -u ssh)", r.source())
+                    },
                 ),
             );
         }
@@ -1123,6 +1256,8 @@ mod tests {
             cmdline: argv.join(" "),
             uid: Some(0),
             start: Some(1_800_000_000 + pid as i64),
+            exe_trusted: true,
+            exe_owner: Some(0),
         }
     }
 
@@ -1147,7 +1282,7 @@ mod tests {
             ],
             ..Trace::default()
         };
-        let o = origin(&t, vec!["miner.process".into()], &Users::default());
+        let o = origin(&t, vec!["miner.process".into()], &Users::default(), None);
         let d = o.door.as_ref().unwrap();
         assert_eq!(d.kind, "java-app");
         assert!(
@@ -1181,13 +1316,66 @@ mod tests {
             unit: Some("session-4.scope".into()),
             ..Trace::default()
         };
-        let d = door(&t, &Users::default()).unwrap();
+        // The environment alone names no door: its owner could write it.
+        assert!(door(&t, &Users::default(), None).is_none());
+        let o = origin(&t, vec![], &Users::default(), None);
+        assert!(
+            o.context.iter().any(|c| c.contains("unverified")),
+            "{:?}",
+            o.context
+        );
+        // A login record sshd wrote for the same user and address agrees.
+        let logins = Logins {
+            records: vec![logins::Login {
+                time: 1_800_000_000 + 4711 - 30,
+                user: "root".into(),
+                from: "203.0.113.7".into(),
+                ok: true,
+                method: None,
+                file: "/var/log/wtmp",
+                line: None,
+            }],
+            ..Logins::default()
+        };
+        let users = Users::parse("root:x:0:0:root:/root:/bin/bash\n");
+        let d = door(&t, &users, Some(&logins)).unwrap();
         assert_eq!(d.kind, "ssh");
         assert_eq!(d.found_by, "environment");
         assert!(
             d.summary.contains("as root from 203.0.113.7"),
             "{}",
             d.summary
+        );
+        // A syslog line (anyone can send one with logger) does not.
+        let mut forged = logins.clone();
+        forged.records[0].file = "/var/log/auth.log";
+        forged.records[0].line = Some(7);
+        assert!(door(&t, &users, Some(&forged)).is_none());
+    }
+
+    #[test]
+    fn a_users_program_named_java_is_not_tomcat() {
+        let mut fake = l(
+            1200,
+            "java",
+            &["java", "org.apache.catalina.startup.Bootstrap"],
+        );
+        fake.exe_trusted = false;
+        fake.exe_owner = Some(4242);
+        let t = Trace {
+            chain: vec![
+                l(4711, "xmr", &["xmr"]),
+                fake,
+                l(1, "systemd", &["/sbin/init"]),
+            ],
+            ..Trace::default()
+        };
+        let o = origin(&t, vec![], &Users::default(), None);
+        assert!(o.door.is_none(), "{:?}", o.door);
+        assert!(
+            o.context.iter().any(|c| c.contains("uid 4242")),
+            "{:?}",
+            o.context
         );
     }
 
@@ -1198,13 +1386,13 @@ mod tests {
             unit: Some("redis-server.service".into()),
             ..Trace::default()
         };
-        let d = door(&t, &Users::default()).unwrap();
+        let d = door(&t, &Users::default(), None).unwrap();
         assert_eq!((d.kind, d.found_by), ("redis", "cgroup"));
         let t = Trace {
             chain: vec![l(4711, "xmr", &["xmr"]), l(1, "systemd", &["/sbin/init"])],
             ..Trace::default()
         };
-        assert!(door(&t, &Users::default()).is_none());
+        assert!(door(&t, &Users::default(), None).is_none());
     }
 
     #[test]

@@ -442,6 +442,7 @@ pub fn findings(hidden: &[Hidden], snap: &Snapshot, rules: &Rules) -> Vec<Findin
                 ),
                 technique: Technique::new("T1014"),
                 source: None,
+                basis: super::Basis::Own,
             }];
             let mut evidence = vec![
                 Evidence::new("pid", h.pid.to_string()),

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use super::{Evidence, Finding, Severity, Signal, Subject, Technique};
+use super::{Basis, Evidence, Finding, Severity, Signal, Subject, Technique};
 use crate::collect::inspect::Inspection;
 use crate::collect::process::{basename, Process, ReadError};
 use crate::collect::{net, Snapshot};
@@ -53,11 +53,89 @@ pub fn detect(snap: &Snapshot, rules: &Rules) -> Vec<Finding> {
             )
         })
         .collect();
+    out.extend(planted_configs(snap));
     out.sort_by(|a, b| {
         b.score
             .cmp(&a.score)
             .then(a.subject.pid.cmp(&b.subject.pid))
     });
+    out
+}
+
+/// Miner configurations found near a process that are not its own (owned by
+/// another user, or writable by others): evidence about whoever wrote
+/// them, never about the process (`miner.planted-config`, medium, not acted
+/// on by default).
+fn planted_configs(snap: &Snapshot) -> Vec<Finding> {
+    let mut out: Vec<Finding> = Vec::new();
+    for (pid, ins) in &snap.inspections {
+        for c in ins.configs.iter() {
+            let Some(why) = &c.foreign else { continue };
+            let shown = c.path.display();
+            if let Some(f) = out
+                .iter_mut()
+                .find(|f| f.subject.path.as_deref() == Some(shown.as_str()))
+            {
+                f.evidence.push(Evidence::new(
+                    "near",
+                    format!("PID {pid} ({})", c.found.words()),
+                ));
+                continue;
+            }
+            let name = snap
+                .processes
+                .get(pid)
+                .map(|p| escape(p.name()))
+                .unwrap_or_default();
+            let user = snap.users.name(c.uid);
+            let mut remedies = Vec::new();
+            if let Some(h) = &c.host_path {
+                remedies.push(super::Remedy::QuarantineFile {
+                    path: h.clone(),
+                    id: None,
+                    direct: false,
+                    judged: super::Judged::Content(c.sha256.clone()),
+                });
+            }
+            out.push(Finding {
+                rule: "miner.planted-config".into(),
+                severity: Severity::Medium,
+                verdict: None,
+                title: format!(
+                    "a miner configuration {shown} written by {} (uid {}), not by PID {pid} {name}'s user: evidence about uid {}, not about the process",
+                    escape(user.as_bytes()),
+                    c.uid,
+                    c.uid
+                ),
+                subject: Subject {
+                    pid: None,
+                    name: None,
+                    path: Some(shown.clone()),
+                },
+                techniques: vec![Technique::new("T1496")],
+                signals: Vec::new(),
+                score: None,
+                evidence: vec![
+                    Evidence::new(
+                        "file",
+                        format!(
+                            "{shown}: {why}; owner uid {}, mode {:o}, sha256 {} (stat {shown}; cat {shown})",
+                            c.uid,
+                            c.mode,
+                            &c.sha256[..16]
+                        ),
+                    ),
+                    Evidence::new("pools", pools_words(c)),
+                    Evidence::new("near", format!("PID {pid} {name} ({})", c.found.words())),
+                    Evidence::new(
+                        "why it is not the process's",
+                        "a file is evidence about a process only when the process's user or root wrote it and nobody else can change it; anybody who can write here could have put it beside the process",
+                    ),
+                ],
+                remedies,
+            });
+        }
+    }
     out
 }
 
@@ -76,6 +154,15 @@ fn connections_by_pid<'a>(snap: &'a Snapshot, rules: &Rules) -> HashMap<i32, Vec
     by_pid
 }
 
+/// What a signal of this id rests on (see [`Basis`]): a name, a folder and
+/// what restarts a process are its surroundings; the rest is its own.
+pub fn basis_of(id: &str) -> Basis {
+    match id {
+        "miner-name" | "exe-in-temp-dir" | "exe-hidden-dir" | "restarted" => Basis::Ambient,
+        _ => Basis::Own,
+    }
+}
+
 fn signal(id: &str, weight: u32, detail: String, technique: &str) -> Signal {
     Signal {
         id: id.into(),
@@ -83,17 +170,29 @@ fn signal(id: &str, weight: u32, detail: String, technique: &str) -> Signal {
         detail,
         technique: Technique::new(technique),
         source: None,
+        basis: basis_of(id),
     }
 }
 
 fn from_indicator(ind: &Indicator, detail: String) -> Signal {
+    let id = ind.kind.signal_id();
     Signal {
-        id: ind.kind.signal_id().into(),
+        id: id.into(),
         weight: ind.weight,
         detail,
         technique: Technique::new(&ind.technique),
         source: Some(format!("{} ({})", ind.source, ind.origin)),
+        basis: basis_of(id),
     }
+}
+
+/// The weight of the process's own evidence among its signals.
+pub fn own_score(signals: &[Signal]) -> u32 {
+    signals
+        .iter()
+        .filter(|s| s.basis == Basis::Own)
+        .map(|s| s.weight)
+        .sum()
 }
 
 /// The signals of one process (public for tests and for hidden processes).
@@ -364,6 +463,11 @@ fn inspection_signals(p: &Process, ins: &Inspection, snap: &Snapshot, sig: &mut 
             detail.push_str(
                 "; not counted: found in writable memory, data the process holds or read rather than code it carries",
             );
+        } else if ins.quarry_exe && !in_file {
+            weight = 0;
+            detail.push_str(
+                "; not counted: the process runs Quarry's own executable, whose memory holds Quarry's compiled rules",
+            );
         } else if let (Some(pkg), false) = (&packaged, in_file) {
             if weight < MALICIOUS {
                 weight = 0;
@@ -378,35 +482,64 @@ fn inspection_signals(p: &Process, ins: &Inspection, snap: &Snapshot, sig: &mut 
             detail,
             technique: Technique::new(&m.technique),
             source: Some(format!("YARA rule {} ({})", m.rule, m.origin)),
+            basis: Basis::Own,
         });
     }
-    for c in &ins.configs {
-        let pools: Vec<String> = c
-            .pools
-            .iter()
-            .take(3)
-            .map(|pl| {
-                format!(
-                    "pool {} user {}{}",
-                    crate::escape::escape_str(&pl.url),
-                    crate::escape::escape_str(&pl.user),
-                    pl.algo
-                        .as_deref()
-                        .map(|a| format!(" algo {}", crate::escape::escape_str(a)))
-                        .unwrap_or_default()
-                )
-            })
-            .collect();
-        sig.push(signal(
-            "miner-config",
-            MALICIOUS,
-            format!(
-                "reads the miner configuration {} ({}): {}",
+    let busy = p.cpu_percent >= HIGH_CPU_PERCENT;
+    for c in ins.configs.iter().filter(|c| c.foreign.is_none()) {
+        // Named or held open, the file is the process's own evidence. Only
+        // lying nearby, it counts in full when the process is busy doing
+        // what the file configures, and never alone where every user can
+        // write (a guard or a backup job in the same folder is not the
+        // miner the file configures).
+        let (weight, basis, note) = if c.found.is_own() {
+            (MALICIOUS, Basis::Own, "")
+        } else if c.open_directory {
+            (
+                2,
+                Basis::Ambient,
+                "; counts 2: a file in a folder every user can write is never enough alone",
+            )
+        } else if busy {
+            (MALICIOUS, Basis::Ambient, "")
+        } else {
+            (
+                2,
+                Basis::Ambient,
+                "; counts 2: the process is not busy, so the file may configure another program of the folder",
+            )
+        };
+        sig.push(Signal {
+            id: "miner-config".into(),
+            weight,
+            detail: format!(
+                "reads the miner configuration {} ({}, {}): {}{note}",
                 c.path.display(),
-                c.found,
-                pools.join("; ")
+                c.found.words(),
+                owner_words(c),
+                pools_words(c)
             ),
-            "T1496",
+            technique: Technique::new("T1496"),
+            source: None,
+            basis,
+        });
+    }
+    if let Some(m) = &ins.config_missing {
+        sig.push(signal(
+            "config-deleted",
+            1,
+            format!("the configuration its command line names is gone: {m}"),
+            "T1070.004",
+        ));
+    }
+    if let Some(what) = &ins.exe_served {
+        sig.push(signal(
+            "exe-served",
+            2,
+            format!(
+                "its executable is served by a program or another machine, not by the kernel: {what}; code there hides from every reader its server chooses"
+            ),
+            "T1564",
         ));
     }
     let fileless = p.exe.as_ref().ok().filter(|e| {
@@ -477,18 +610,28 @@ pub fn judge(
         Some(a) if shown.contains("(kernel name") => escape(a),
         _ => escape(p.name()),
     };
-    let mut remedies = process_remedies(p);
+    let ins = snap.inspections.get(&p.pid);
+    let mut remedies = process_remedies_for(p, ins);
     if verdict == "malicious" {
-        // Its configuration is the miner's own: it goes with it.
-        for c in snap.inspections.get(&p.pid).map_or(&[][..], |i| &i.configs) {
-            if c.path.as_bytes().starts_with(b"/") && !c.path.as_bytes().starts_with(b"/memfd:") {
-                remedies.push(super::Remedy::QuarantineFile {
-                    path: c.path.clone(),
+        // Its configuration is the miner's own: it goes with it, as the
+        // inode the scan read (the host path that leads to it), or not at
+        // all.
+        for c in ins.map_or(&[][..], |i| &i.configs) {
+            if c.foreign.is_some() || c.path.as_bytes().starts_with(b"/memfd:") {
+                continue;
+            }
+            remedies.push(match &c.host_path {
+                Some(h) => super::Remedy::QuarantineFile {
+                    path: h.clone(),
                     id: None,
                     direct: true,
                     judged: super::Judged::Content(c.sha256.clone()),
-                });
-            }
+                },
+                None => super::Remedy::Unreachable {
+                    path: c.path.clone(),
+                    why: unreachable_why(ins, "the configuration"),
+                },
+            });
         }
     }
     let mut reasons: Vec<&str> = Vec::new();
@@ -567,6 +710,83 @@ pub fn algorithm_option(argv: &[Vec<u8>]) -> Option<String> {
     None
 }
 
+/// Why `fix` cannot reach a file of this process from the host.
+fn unreachable_why(ins: Option<&Inspection>, what: &str) -> String {
+    match ins.and_then(|i| i.root.as_deref()) {
+        Some(root) => format!(
+            "{what} lives in {root}, and no path of the host's mount namespace leads to the same inode: not quarantined (a host file of the same name is another file); fix stops the process and keeps a copy of its executable as evidence; remove the file inside the container, or the container"
+        ),
+        None => format!(
+            "{what} was deleted or is reachable only through the process: not quarantined"
+        ),
+    }
+}
+
+/// Stop the process; quarantine its executable as the inode it runs (the
+/// host path that leads to it), or say why not.
+pub fn process_remedies_for(p: &Process, ins: Option<&Inspection>) -> Vec<super::Remedy> {
+    let Some(ins) = ins else {
+        return process_remedies(p);
+    };
+    let mut r = vec![super::Remedy::StopProcess {
+        pid: p.pid,
+        starttime: p.stat.starttime,
+    }];
+    let Ok(e) = &p.exe else {
+        return r;
+    };
+    if e.memfd || e.deleted {
+        return r;
+    }
+    if let Some(what) = &ins.exe_served {
+        r.push(super::Remedy::Unreachable {
+            path: crate::host::BytePath::new(e.path.clone()),
+            why: format!("{what}: fix stops the process; the file stays with whoever serves it"),
+        });
+        return r;
+    }
+    match &ins.exe_host {
+        Some(h) => r.push(super::Remedy::QuarantineFile {
+            path: h.clone(),
+            id: None,
+            direct: true,
+            judged: super::Judged::ExeOf(p.pid),
+        }),
+        None => r.push(super::Remedy::Unreachable {
+            path: ins
+                .exe_view
+                .clone()
+                .unwrap_or_else(|| crate::host::BytePath::new(e.path.clone())),
+            why: unreachable_why(Some(ins), "the executable"),
+        }),
+    }
+    r
+}
+
+/// "owned by root, mode 644" or the reason it is foreign.
+fn owner_words(c: &crate::collect::minercfg::MinerConfig) -> String {
+    format!("owner uid {}, mode {:o}", c.uid, c.mode)
+}
+
+fn pools_words(c: &crate::collect::minercfg::MinerConfig) -> String {
+    c.pools
+        .iter()
+        .take(3)
+        .map(|pl| {
+            format!(
+                "pool {} user {}{}",
+                crate::escape::escape_str(&pl.url),
+                crate::escape::escape_str(&pl.user),
+                pl.algo
+                    .as_deref()
+                    .map(|a| format!(" algo {}", crate::escape::escape_str(a)))
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Stop the process; quarantine its executable if it is a file on disk.
 pub fn process_remedies(p: &Process) -> Vec<super::Remedy> {
     let mut r = vec![super::Remedy::StopProcess {
@@ -634,16 +854,55 @@ pub fn process_evidence(snap: &Snapshot, p: &Process) -> Vec<Evidence> {
         }
         ev.push(Evidence::new("content", what));
         for c in &ins.configs {
+            let whose = match &c.foreign {
+                Some(why) => format!("; NOT the process's own evidence: {why}"),
+                None => String::new(),
+            };
+            let place = match (&c.root, &c.host_path) {
+                (Some(root), Some(h)) => {
+                    format!(
+                        " in {root}, on the host {} (cat {})",
+                        h.display(),
+                        h.display()
+                    )
+                }
+                (Some(root), None) => format!(
+                    " in {root} (nsenter -t {} -m cat {})",
+                    p.pid,
+                    c.path.display()
+                ),
+                (None, _) => format!(" (cat {})", c.path.display()),
+            };
             ev.push(Evidence::new(
                 "config",
                 format!(
-                    "{} ({}), sha256 {} (cat {})",
+                    "{} ({}, {}): {}; sha256 {}{place}{whose}",
                     c.path.display(),
-                    c.found,
+                    c.found.words(),
+                    owner_words(c),
+                    pools_words(c),
                     &c.sha256[..16],
-                    c.path.display()
                 ),
             ));
+        }
+        if let Some(root) = &ins.root {
+            ev.push(Evidence::new(
+                "root",
+                format!(
+                    "its files are resolved in {root}{} (ls -l /proc/{}/root/)",
+                    ins.exe_host
+                        .as_ref()
+                        .map(|h| format!("; its executable is {} on the host", h.display()))
+                        .unwrap_or_else(|| {
+                            "; its executable is reachable from the host only through the process"
+                                .into()
+                        }),
+                    p.pid
+                ),
+            ));
+        }
+        for n in &ins.not_read {
+            ev.push(Evidence::new("not read", n.clone()));
         }
         let ns = &ins.namespaces;
         if ns.netns.is_some() || ns.nspid.is_some() || ns.container.is_some() {

@@ -147,6 +147,24 @@ pub struct Signal {
     /// Where the indicator comes from (rules entries), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Whether the signal rests on the process's own evidence (what its
+    /// executable and memory hold, its own command line and sockets, files
+    /// it names or holds open) or on its surroundings (a name, a folder, a
+    /// file nearby, what restarts it): see [`Basis`].
+    pub basis: Basis,
+}
+
+/// What a signal rests on. `quarry fix` acts by default only on verdicts
+/// whose own evidence alone reaches "suspicious" (respond::plan): ambient
+/// signals may make a process suspicious, never alone get it killed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Basis {
+    /// The process's own evidence.
+    #[default]
+    Own,
+    /// Its surroundings: who else could have made them so is not known.
+    Ambient,
 }
 
 /// The subject of a finding.
@@ -226,6 +244,11 @@ pub enum Remedy {
     RemovePreloadEntry { entry: BytePath },
     /// Unmount something mounted over /proc/PID.
     Unmount { mount_point: String },
+    /// A file the finding names that `quarry fix` cannot reach, with the
+    /// reason (it lives only in a container's mount namespace, or on a file
+    /// system a user serves): the plan says so instead of acting on a host
+    /// file that only shares the name.
+    Unreachable { path: BytePath, why: String },
 }
 
 /// What a detector judged about a file a remedy names, so that the identity

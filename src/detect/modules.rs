@@ -66,6 +66,7 @@ fn known_signals(m: &ModuleFile, rules: &Rules) -> Vec<Signal> {
                 detail: format!("module name \"{}\": {}", escape(cand.as_bytes()), ind.note),
                 technique: Technique::new(&ind.technique),
                 source: Some(format!("{} ({})", ind.source, ind.origin)),
+                basis: super::Basis::Ambient,
             });
             break;
         }
@@ -79,6 +80,7 @@ fn known_signals(m: &ModuleFile, rules: &Rules) -> Vec<Signal> {
                 detail: format!("under {d}: {}", ind.note),
                 technique: Technique::new(&ind.technique),
                 source: Some(format!("{} ({})", ind.source, ind.origin)),
+                basis: super::Basis::Ambient,
             });
         }
     }

@@ -186,14 +186,23 @@ enum Choice {
     Skip,
 }
 
-/// What the scan proved, acted on without `--only`.
+/// What the scan proved, acted on without `--only`: a malicious verdict
+/// whose own evidence alone reaches "suspicious" (names, folders, nearby
+/// files and restarters never alone get a process killed: see
+/// [`crate::detect::Basis`]), and the critical findings below.
 fn proven(f: &Finding) -> bool {
-    f.verdict.as_deref() == Some("malicious")
+    (f.verdict.as_deref() == Some("malicious") && rests_on_own_evidence(f))
         || (f.severity == Severity::Critical
             && (matches!(
                 f.rule.as_str(),
                 "hidden.process" | "rootkit.preload" | "module.file" | "entry.redis-write"
             ) || f.rule.starts_with("persistence.") && f.subject.pid.is_some()))
+}
+
+/// True when a process verdict's own evidence reaches "suspicious".
+fn rests_on_own_evidence(f: &Finding) -> bool {
+    f.signals.is_empty()
+        || crate::detect::miner::own_score(&f.signals) >= crate::detect::miner::SUSPICIOUS
 }
 
 fn choose(f: &Finding, opts: &FixOptions) -> Choice {
@@ -244,8 +253,18 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
         match choose(f, opts) {
             Choice::Skip => continue,
             Choice::Report => {
+                let why = if f.verdict.as_deref() == Some("malicious") && !rests_on_own_evidence(f)
+                {
+                    format!(
+                        " (its own evidence weighs {}, under {}: the verdict rests on its name, folder, nearby files or restarters)",
+                        crate::detect::miner::own_score(&f.signals),
+                        crate::detect::miner::SUSPICIOUS
+                    )
+                } else {
+                    String::new()
+                };
                 plan.reported.push(format!(
-                    "[{}] {} — reported, not acted on (use --only or --force)",
+                    "[{}] {} — reported, not acted on{why} (use --only or --force)",
                     f.rule, f.title
                 ));
                 continue;
@@ -346,6 +365,12 @@ pub fn plan(host: &Host, findings: &[Finding], snap: &Snapshot, opts: &FixOption
                 Remedy::Unmount { mount_point } => {
                     if !plan.unmounts.contains(mount_point) {
                         plan.unmounts.push(mount_point.clone());
+                    }
+                }
+                Remedy::Unreachable { path, why } => {
+                    let r = format!("{} — {why}", path.display());
+                    if !plan.refused.contains(&r) {
+                        plan.refused.push(r);
                     }
                 }
             }

@@ -69,7 +69,7 @@ pub(super) fn entry_stage(
             .filter(|f| f.subject.pid == Some(pid) && is_case(f))
             .map(|f| f.rule.clone())
             .collect();
-        let o = entry::origin(&t, rules, &snap.users);
+        let o = entry::origin(&t, rules, &snap.users, logins.as_ref());
         for f in findings
             .iter_mut()
             .filter(|f| f.subject.pid == Some(pid) && is_case(f))

@@ -41,10 +41,16 @@ pub(super) fn flagged(
     malicious: bool,
 ) -> Option<detect::persistence::Flagged> {
     let p = snap.processes.get(&pid);
-    let exe = p
-        .and_then(|p| p.exe.as_ref().ok())
-        .filter(|e| !e.memfd)
-        .map(|e| e.path.clone());
+    // The executable's path as the host names it: a container's miner's
+    // `/usr/local/bin/x` is not the host's file of that name.
+    let ins = snap.inspections.get(&pid);
+    let exe = match ins.filter(|i| i.root.is_some()) {
+        Some(i) => i.exe_host.as_ref().map(|h| h.as_bytes().to_vec()),
+        None => p
+            .and_then(|p| p.exe.as_ref().ok())
+            .filter(|e| !e.memfd)
+            .map(|e| e.path.clone()),
+    };
     let name = p
         .map(|p| String::from_utf8_lossy(p.name()).into_owned())
         .unwrap_or_default();

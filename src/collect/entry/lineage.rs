@@ -29,6 +29,12 @@ pub struct Link {
     pub uid: Option<u32>,
     /// Start time, seconds since the epoch.
     pub start: Option<i64>,
+    /// Its executable is a file only root can change (owned by root, not
+    /// writable by group or others): only then does its name say what
+    /// program it is. A user's copy of a shell named `java` is not Tomcat.
+    pub exe_trusted: bool,
+    /// Who owns its executable, when it is not trusted (for the report).
+    pub exe_owner: Option<u32>,
 }
 
 /// A login session from `/run/systemd/sessions/ID` (logind).
@@ -109,6 +115,24 @@ pub fn link(snap: &Snapshot, p: &Process) -> Link {
         cmdline,
         uid: p.uid,
         start,
+        exe_trusted: false,
+        exe_owner: None,
+    }
+}
+
+/// Whether a process's executable is a file only root can change, and its
+/// owner: read through the checked link (a file on a FUSE mount is not read,
+/// and not trusted).
+pub fn exe_trust(host: &Host, pid: i32) -> (bool, Option<u32>) {
+    match host.find(format!("/proc/{pid}/exe"), true) {
+        Ok(f) => {
+            let mode = f.stat.stx_mode as u32;
+            (
+                f.stat.stx_uid == 0 && mode & 0o022 == 0,
+                Some(f.stat.stx_uid),
+            )
+        }
+        Err(_) => (false, None),
     }
 }
 
@@ -190,7 +214,9 @@ pub fn trace(host: &Host, snap: &Snapshot, pid: i32) -> Trace {
         if t.chain.len() >= MAX_DEPTH || t.chain.iter().any(|l| l.pid == p.pid) {
             break;
         }
-        t.chain.push(link(snap, p));
+        let mut l = link(snap, p);
+        (l.exe_trusted, l.exe_owner) = exe_trust(host, p.pid);
+        t.chain.push(l);
         if p.pid <= 1 || p.stat.ppid <= 0 {
             break;
         }
@@ -232,7 +258,11 @@ pub fn trace(host: &Host, snap: &Snapshot, pid: i32) -> Trace {
     if let Some(p) = procs.get(&pid) {
         let sid = p.stat.session;
         if sid > 1 && !t.chain.iter().any(|l| l.pid == sid) {
-            t.session_leader = procs.get(&sid).map(|s| link(snap, s));
+            t.session_leader = procs.get(&sid).map(|s| {
+                let mut l = link(snap, s);
+                (l.exe_trusted, l.exe_owner) = exe_trust(host, s.pid);
+                l
+            });
         }
     }
     t

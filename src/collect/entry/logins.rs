@@ -35,6 +35,13 @@ pub struct Login {
 }
 
 impl Login {
+    /// True for a line of a syslog file: any user can send one
+    /// (`logger -t sshd[1] ...`), so it is a claim, not a record. wtmp and
+    /// btmp are written by sshd and login themselves (root's files).
+    pub fn forgeable(&self) -> bool {
+        self.line.is_some()
+    }
+
     /// `/var/log/btmp`, `/var/log/auth.log:1234`.
     pub fn source(&self) -> String {
         match self.line {
