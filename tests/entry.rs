@@ -1,8 +1,8 @@
 //! Issue 13 scenarios: how it got in. A real Redis (Debian's redis-server)
 //! in a network namespace of the test's own is attacked the way mining gangs
-//! do it (CONFIG SET dir + SAVE into the crontab spool); miner imitations
-//! started under a Tomcat-like `java` and from an SSH session's environment
-//! are traced to their doors; a hardened Redis and a clean machine give no
+//! do it (CONFIG SET dir + SAVE into the crontab spool); a miner imitation
+//! started under a Tomcat-like `java` is traced to its door (an SSH
+//! session's environment alone names none); a hardened Redis and a clean machine give no
 //! `entry.*` finding.
 //!
 //! Every test runs in its own mount+PID namespace (tests/common), with the
@@ -244,16 +244,6 @@ fn hardened_redis_and_a_clean_machine_give_no_entry_finding() {
 }
 
 /// Kills a PID on drop (an orphan is no child of the test).
-struct KillGuard(i32);
-
-impl Drop for KillGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", &self.0.to_string()])
-            .status();
-    }
-}
-
 #[test]
 fn lineage_names_the_door_tomcat_and_ssh() {
     sandboxed!("lineage_names_the_door_tomcat_and_ssh");
@@ -305,14 +295,14 @@ fn lineage_names_the_door_tomcat_and_ssh() {
         "{t:#}"
     );
     assert_eq!(t["chain"][1]["role"], "door", "{t:#}");
+    // Its environment only claims an SSH login (no login record agrees:
+    // tests/evidence.rs has the one where wtmp does): no door from it.
     let o = of(ssh.pid);
-    assert_eq!(o["door"]["kind"], "ssh", "{o:#}");
-    assert_eq!(o["door"]["found_by"], "environment", "{o:#}");
     assert!(
-        o["door"]["summary"]
+        !o["door"]["summary"]
             .as_str()
-            .unwrap()
-            .contains("as root from 203.0.113.7"),
+            .unwrap_or("")
+            .contains("from 203.0.113.7"),
         "{o:#}"
     );
     // On the miner finding itself.
