@@ -246,15 +246,32 @@ fn dry_run_changes_nothing() {
     let mut s = Scenario::new();
     plant(&mut s, false);
     let before = state();
+    // Unscoped: the miner's verdict rests on its name, folder and restarter
+    // (its own evidence is its CPU alone), so it is reported, not acted on
+    // (issue 20); the root cron line that restarts it from /tmp is removed.
     let (st, out) = fix(&["--interval", "0.5"], &[]);
     assert_eq!(st.code(), Some(1), "{out}");
     assert!(out.contains("Dry run: nothing was changed"), "{out}");
     assert!(
-        out.contains("quarantine /tmp/quarry-fix-test/minerd"),
+        !out.contains("quarantine /tmp/quarry-fix-test/minerd"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"minerd\" is a cryptominer")
+            && out.contains("reported, not acted on (its own evidence weighs"),
         "{out}"
     );
     assert!(
         out.contains("remove line 4 of /etc/cron.d/quarry-fix-test"),
+        "{out}"
+    );
+    // Scoped to the miner and its start-up files, as an administrator would
+    // after reading the report: the plan kills and quarantines it.
+    let (st, out) = fix(&["--interval", "0.5", "--only", &scope()], &[]);
+    assert_eq!(st.code(), Some(1), "{out}");
+    assert!(out.contains("Dry run: nothing was changed"), "{out}");
+    assert!(
+        out.contains("quarantine /tmp/quarry-fix-test/minerd"),
         "{out}"
     );
     let after = state();

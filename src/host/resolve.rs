@@ -152,7 +152,29 @@ struct ClassifierState {
     /// SysV shared memory live on an internal tmpfs mount, hugetlb memfds on
     /// an internal hugetlbfs mount) that no mount table lists.
     internal: Vec<(u32, u32)>,
+    /// Unknown devices the tables were read again for.
+    reread_for: std::collections::HashSet<(u32, u32)>,
     host: super::Host,
+}
+
+/// Most times one classifier reads every mount table again (each a few
+/// hundred microseconds per table on a machine with containers).
+const MAX_REREADS: usize = 32;
+
+/// The answer of [`Classifier::check`] for what a table said of `dev`.
+fn verdict(served: Option<(Served, String)>, dev: (u32, u32), at: &[u8]) -> Result<(), Refused> {
+    match served {
+        Some((Served::Local, _)) => Ok(()),
+        Some((served, mount)) => Err(Refused::Remote {
+            served,
+            mount,
+            at: at.to_vec(),
+        }),
+        None => Err(Refused::UnknownFs {
+            dev,
+            at: at.to_vec(),
+        }),
+    }
 }
 
 impl Classifier {
@@ -174,6 +196,7 @@ impl Classifier {
             inner: Arc::new(Mutex::new(ClassifierState {
                 tables: vec![("self".into(), MountTable::read(host, "self"))],
                 internal,
+                reread_for: Default::default(),
                 host: host.clone(),
             })),
         }
@@ -185,6 +208,7 @@ impl Classifier {
             inner: Arc::new(Mutex::new(ClassifierState {
                 tables: tables.into_iter().map(|t| ("fixed".into(), t)).collect(),
                 internal: Vec::new(),
+                reread_for: Default::default(),
                 host: super::Host::new("/nonexistent"),
             })),
         }
@@ -202,23 +226,17 @@ impl Classifier {
     }
 
     /// Who serves device `dev`, with the mount's description; `None` if no
-    /// table lists it even after reading them again.
+    /// table lists it even after reading them again. The tables are read
+    /// again at most once per unknown device and [`MAX_REREADS`] times in
+    /// all: overlayfs and detached mounts give devices no table will ever
+    /// list, and a walk meets them on every component.
     pub fn served(&self, dev: (u32, u32)) -> Option<(Served, String)> {
-        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if s.internal.contains(&dev) {
-            return Some((
-                Served::Local,
-                "the kernel's internal memory file system".into(),
-            ));
-        }
-        let find = |s: &ClassifierState| {
-            s.tables
-                .iter()
-                .find_map(|(_, t)| t.by_dev(dev))
-                .map(|m| (m.served(), m.describe()))
-        };
-        if let Some(hit) = find(&s) {
+        if let Some(hit) = self.served_known(dev) {
             return Some(hit);
+        }
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if s.reread_for.len() >= MAX_REREADS || !s.reread_for.insert(dev) {
+            return None;
         }
         // A mount made since the tables were read: read them again.
         let host = s.host.clone();
@@ -227,51 +245,36 @@ impl Classifier {
                 *t = MountTable::read(&host, k);
             }
         }
-        find(&s)
+        drop(s);
+        self.served_known(dev)
     }
 
     /// `Ok` when data on device `dev` is the kernel's to give; the refusal
     /// (naming `at`) otherwise.
     pub fn check(&self, dev: (u32, u32), at: &[u8]) -> Result<(), Refused> {
-        match self.served(dev) {
-            Some((Served::Local, _)) => Ok(()),
-            Some((served, mount)) => Err(Refused::Remote {
-                served,
-                mount,
-                at: at.to_vec(),
-            }),
-            None => Err(Refused::UnknownFs {
-                dev,
-                at: at.to_vec(),
-            }),
-        }
+        verdict(self.served(dev), dev, at)
     }
 
     /// [`Classifier::check`] for what `st` describes. A device no table
     /// lists is judged by the mount the file was reached through
     /// (`stx_mnt_id`): overlayfs gives the files it passes through from its
     /// layers devices of their own (the layers' or private ones), which no
-    /// mount table names, while the overlay mount itself is listed.
+    /// mount table names, while the overlay mount itself is listed. The
+    /// tables are read again only when neither is known.
     pub fn check_stat(&self, st: &Statx, at: &[u8]) -> Result<(), Refused> {
         let dev = dev_of(st);
         let has_mnt_id = st.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0;
-        let by_dev = self.served(dev);
-        let served = match by_dev {
-            None if has_mnt_id => self.served_by_mount(st.stx_mnt_id),
-            other => other,
+        let by_mount = || {
+            has_mnt_id
+                .then(|| self.served_by_mount(st.stx_mnt_id))
+                .flatten()
         };
-        match served {
-            Some((Served::Local, _)) => Ok(()),
-            Some((served, mount)) => Err(Refused::Remote {
-                served,
-                mount,
-                at: at.to_vec(),
-            }),
-            None => Err(Refused::UnknownFs {
-                dev,
-                at: at.to_vec(),
-            }),
-        }
+        let served = self
+            .served_known(dev)
+            .or_else(by_mount)
+            .or_else(|| self.served(dev))
+            .or_else(by_mount);
+        verdict(served, dev, at)
     }
 
     /// Who serves the mount with id `id` (mount ids are unique across
@@ -318,7 +321,10 @@ impl Classifier {
     pub fn served_known(&self, dev: (u32, u32)) -> Option<(Served, String)> {
         let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if s.internal.contains(&dev) {
-            return Some((Served::Local, String::new()));
+            return Some((
+                Served::Local,
+                "the kernel's internal memory file system".into(),
+            ));
         }
         s.tables
             .iter()
