@@ -188,11 +188,11 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
     if let Some(c) = &r.census {
         let probes = if c.probed {
             format!(
-                "PIDs 1-{} probed with kill and getpgid in {:.1} ms",
-                c.pid_max, c.probe_ms
+                "PIDs 1-{} probed with kill and getpgid in {:.1} ms ({})",
+                c.pid_max, c.probe_ms, c.sweep
             )
         } else {
-            "no system-call probes (offline root)".into()
+            format!("PID space not swept: {}", c.sweep)
         };
         let _ = writeln!(
             s,

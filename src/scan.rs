@@ -37,6 +37,20 @@ pub enum Check {
 }
 
 impl Check {
+    /// The check whose scan reports findings of `rule` (by its prefix).
+    pub fn of_rule(rule: &str) -> Option<Check> {
+        Some(match rule.split('.').next()? {
+            "cpu" => Check::Cpu,
+            "miner" => Check::Miner,
+            "hidden" | "kernel" => Check::Hidden,
+            "rootkit" => Check::Preload,
+            "module" => Check::Modules,
+            "persistence" => Check::Persistence,
+            "entry" => Check::Entry,
+            _ => return None,
+        })
+    }
+
     pub const ALL: [Check; 7] = [
         Check::Cpu,
         Check::Miner,
@@ -176,8 +190,18 @@ pub fn run_full(
     let mut modules_summary = None;
     let mut walk_us = 0;
     let mut cache_writer = None;
-    if let Some((rx, writer)) = walk {
-        let ((files, walk), took) = rx.recv().expect("module walk thread");
+    // A panic in the walk thread (it parses ELF, xz, zstd and PKCS#7 from
+    // files anyone can plant) is a limitation, not an exit (issue 26).
+    let walked = walk.and_then(|(rx, writer)| match rx.recv() {
+        Ok(w) => Some((w, writer)),
+        Err(_) => {
+            limitations.push(
+                "the module-file walk stopped on an internal error (a panic while reading a file there): module files were not judged; please report it".into(),
+            );
+            None
+        }
+    });
+    if let Some((((files, walk), took), writer)) = walked {
         cache_writer = Some(writer);
         walk_us = took.as_micros() as u64;
         if let Some(t) = &walk.truncated {
@@ -220,7 +244,9 @@ pub fn run_full(
     // Persistence files are read before the miner verdicts: a start-up line
     // that runs a process's exact executable is part of its verdict.
     let persist_files = if on(Check::Persistence) {
-        collect::persistence::collect(host, &snap.users)
+        let (files, note) = collect::persistence::collect(host, &snap.users);
+        limitations.extend(note);
+        files
     } else {
         Vec::new()
     };

@@ -150,7 +150,13 @@ fn storm_of_short_lived_processes_and_threads_gives_no_hidden_finding() {
             bad.is_empty(),
             "false hidden finding under a fork storm: {bad:#?}"
         );
-        assert!(s.json["census"]["probed"].as_bool().unwrap());
+        // A storm creates tasks during every listing: the kernel's counts
+        // cannot vouch for it, so the PID space is swept.
+        assert!(
+            s.json["census"]["probed"].as_bool().unwrap(),
+            "{:#}",
+            s.json["census"]
+        );
         if i % 2 == 1 {
             let a = &s.json["census"]["allocator"];
             assert!(

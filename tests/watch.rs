@@ -258,7 +258,13 @@ fn watch_reports_a_miner_once_clears_it_and_feeds_prometheus() {
         );
     }
 
-    // A restart with the miner still running: no second finding.
+    // A restart with the miner still running: no second finding. The scan
+    // event that follows the finding comes after the state is saved (a
+    // SIGKILL between the two would report it again, by design: a finding
+    // is never lost).
+    wait_event(&w, Duration::from_secs(10), &mut seen, |v| {
+        v["event"] == "scan"
+    });
     drop(w);
     let w = start_watch(port);
     let mut seen2 = Vec::new();

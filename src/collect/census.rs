@@ -8,7 +8,8 @@
 //!   hierarchy, v1 and v2;
 //! - `fresh-listing`: `getdents64` on a private procfs instance;
 //! - `kill` and `getpgid`: system-call probes over the whole PID space, 1 to
-//!   `pid_max`, split across all CPUs;
+//!   `pid_max`, split across all CPUs, when they are called for (see
+//!   [`Sweep`]);
 //! - `proc-mounts`: mounts over `/proc/PID` in mountinfo (the bind-mount trick).
 //!
 //! Thread IDs answer the probes too: `kill(tid, 0)` succeeds for every thread,
@@ -30,6 +31,110 @@ pub const PID_MAX_LIMIT: i32 = 4_194_304;
 /// Most TCP sockets for which `/proc/net/tcp{,6}` is compared with inet_diag
 /// (see `take`): 200,000 lines are about 30 MB, half of `host::MAX_READ`.
 pub const DIAG_MAX_SOCKETS: usize = 200_000;
+
+/// Whether the PID-space sweep runs. It costs what the PID space costs
+/// (1.5 s at pid_max 4,194,304, systemd's default and every new PID
+/// namespace's since Linux 6.14), so in the initial namespace it runs when
+/// the kernel's own task counts disagree with the tasks visible, or when
+/// something else points at a rootkit (the caller's `Forced`).
+///
+/// The counts are `nr_threads`, read two ways a hider must both falsify:
+/// the fourth field of `/proc/loadavg` and `sysinfo(2)`'s `procs`. They are
+/// read before and after the listing, with `/proc/stat`'s `processes` (tasks
+/// created): a task that exits in between is inside the two readings; a
+/// task created meanwhile could make room for a hidden one, so then the
+/// counts vouch for nothing (the listing is read again once). A task hidden from the
+/// listing but counted (what a getdents or lookup hook leaves) is a
+/// disagreement. What this cannot see: a hider that also falsifies both
+/// counts, or unhashes its task and lowers `nr_threads` (then the PID
+/// allocator probe, forced by the CPU no task accounts for, still finds the
+/// PID held); and an attacker who creates tasks fast enough makes every
+/// listing disagree, which only costs the sweep. In a child PID namespace
+/// the counts are the whole machine's, so there the sweep runs only when
+/// forced.
+#[derive(Debug, Clone)]
+pub enum Sweep {
+    /// Run it, for this reason.
+    Forced(String),
+    /// Run it if the counts disagree.
+    IfCountsDisagree,
+    /// Run it only if forced: the counts do not describe this namespace.
+    OnlyForced,
+}
+
+/// The kernel's counts of its tasks around the listing, and the verdict.
+#[derive(Debug, Clone, Default)]
+pub struct TaskCounts {
+    /// `/proc/loadavg`'s `nr_threads`, before and after the listing.
+    pub loadavg: Option<(u64, u64)>,
+    /// `sysinfo(2)`'s `procs` (16 bits: compared modulo 65,536).
+    pub sysinfo: Option<(u16, u16)>,
+    /// Tasks created during the listing.
+    pub created: u64,
+    /// Threads of the listed processes.
+    pub visible: u64,
+    /// Listings made (a disagreement is read once more before it counts).
+    pub attempts: u32,
+    /// What disagreed, in words.
+    pub disagreement: Option<String>,
+}
+
+/// The number congruent to `x` modulo 65,536 nearest to `v` (sysinfo's
+/// `procs` is 16 bits wide).
+fn near(x: u16, v: u64) -> u64 {
+    let base = v & !0xffff;
+    [base.wrapping_sub(0x10000), base, base + 0x10000]
+        .into_iter()
+        .map(|b| b.wrapping_add(x as u64))
+        .min_by_key(|c| c.abs_diff(v))
+        .unwrap_or(x as u64)
+}
+
+fn loadavg_threads(host: &Host) -> Option<u64> {
+    let t = host.read_text("/proc/loadavg").ok()?;
+    t.split_whitespace().nth(3)?.split('/').nth(1)?.parse().ok()
+}
+
+fn tasks_created(host: &Host) -> Option<u64> {
+    let t = host.read_text("/proc/stat").ok()?;
+    t.lines()
+        .find_map(|l| l.strip_prefix("processes "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl TaskCounts {
+    /// Compares the readings with `visible` tasks; `None` when they agree.
+    /// They agree only when nothing was created during the listing (a task
+    /// created unlisted would make room for one hidden) and the visible
+    /// count lies between the two readings of each count (a task that
+    /// exited meanwhile, listed or not, does).
+    fn judge(&mut self) -> Option<String> {
+        let created = self.created;
+        let v = self.visible;
+        let mut bad = Vec::new();
+        if let Some((a, b)) = self.loadavg {
+            if v < a.min(b) || v > a.max(b) {
+                bad.push(format!("/proc/loadavg counts {a} then {b} tasks"));
+            }
+        }
+        if let Some((a, b)) = self.sysinfo {
+            let (a, b) = (near(a, v), near(b, v));
+            if v < a.min(b) || v > a.max(b) {
+                bad.push(format!("sysinfo(2) counts {a} then {b} tasks"));
+            }
+        }
+        if created > 0 {
+            bad.push(format!(
+                "{created} tasks were created during the listing, so the counts cannot vouch for it"
+            ));
+        }
+        let d = (!bad.is_empty()).then(|| format!("{}; {v} visible", bad.join(", ")));
+        self.disagreement = d.clone();
+        d
+    }
+}
 
 /// The result of a census.
 #[derive(Debug, Clone, Default)]
@@ -67,10 +172,14 @@ pub struct Census {
     pub probe_time: Duration,
     pub diag_time: Duration,
     pub total_time: Duration,
+    /// The kernel's task counts against the listing (initial namespace).
+    pub counts: Option<TaskCounts>,
+    /// Why the sweep ran, or why it did not.
+    pub sweep_reason: String,
 }
 
 /// Reads every view. `fresh` is a private procfs view, when available.
-pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
+pub fn take(host: &Host, fresh: Option<&Host>, sweep: Sweep) -> Census {
     let t0 = Instant::now();
     let mut c = Census {
         pid_max: host
@@ -80,20 +189,30 @@ pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
             .unwrap_or(PID_MAX_LIMIT),
         ..Census::default()
     };
-    c.listed = host
-        .list_pids("/proc")
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    for &pid in &c.listed {
-        let tids = host
-            .list_pids(format!("/proc/{pid}/task"))
-            .unwrap_or_default();
-        for &tid in &tids {
-            c.tasks.insert(tid, pid);
-            for child in thread_children(host, pid, tid) {
-                c.children.insert(child, pid);
-            }
+    let count = host.is_live() && matches!(sweep, Sweep::IfCountsDisagree);
+    let mut counts = TaskCounts::default();
+    loop {
+        let before = count.then(|| {
+            (
+                loadavg_threads(host),
+                rustix::system::sysinfo().procs,
+                tasks_created(host),
+            )
+        });
+        list_tasks(host, &mut c);
+        counts.attempts += 1;
+        let Some((l0, s0, f0)) = before else { break };
+        let (l1, s1, f1) = (
+            loadavg_threads(host),
+            rustix::system::sysinfo().procs,
+            tasks_created(host),
+        );
+        counts.loadavg = l0.zip(l1);
+        counts.sysinfo = Some((s0, s1));
+        counts.created = f1.zip(f0).map_or(0, |(b, a)| b.saturating_sub(a));
+        counts.visible = c.tasks.len() as u64;
+        if counts.judge().is_none() || counts.attempts >= 2 {
+            break;
         }
     }
     // Mounts: our own namespace and PID 1's (a container's view may differ).
@@ -150,7 +269,35 @@ pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
     if let Some(f) = fresh {
         c.fresh_listed = f.list_pids("/proc").ok().map(|v| v.into_iter().collect());
     }
-    if host.is_live() {
+    let run = match (&sweep, &counts.disagreement) {
+        _ if !host.is_live() => {
+            c.sweep_reason = "not the running machine".into();
+            false
+        }
+        (Sweep::Forced(why), _) => {
+            c.sweep_reason = why.clone();
+            true
+        }
+        (Sweep::IfCountsDisagree, Some(d)) => {
+            c.sweep_reason = format!("the kernel's task counts disagree with the listing: {d}");
+            true
+        }
+        (Sweep::IfCountsDisagree, None) => {
+            c.sweep_reason = format!(
+                "not needed: the kernel's task counts agree with the {} tasks listed",
+                counts.visible
+            );
+            false
+        }
+        (Sweep::OnlyForced, _) => {
+            c.sweep_reason = "not run: inside a child PID namespace the kernel's task counts are the whole machine's, so nothing calls for it (--deep runs it)".into();
+            false
+        }
+    };
+    if count {
+        c.counts = Some(counts);
+    }
+    if run {
         let t = Instant::now();
         let (k, g) = probe_all(c.pid_max);
         c.probe_kill = k;
@@ -160,6 +307,29 @@ pub fn take(host: &Host, fresh: Option<&Host>) -> Census {
     }
     c.total_time = t0.elapsed();
     c
+}
+
+/// Lists `/proc` and every listed process's threads and children into `c`
+/// (again, if it was listed before).
+fn list_tasks(host: &Host, c: &mut Census) {
+    c.tasks.clear();
+    c.children.clear();
+    c.listed = host
+        .list_pids("/proc")
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    for &pid in &c.listed {
+        let tids = host
+            .list_pids(format!("/proc/{pid}/task"))
+            .unwrap_or_default();
+        for &tid in &tids {
+            c.tasks.insert(tid, pid);
+            for child in thread_children(host, pid, tid) {
+                c.children.insert(child, pid);
+            }
+        }
+    }
 }
 
 /// The children one thread lists (`/proc/PID/task/TID/children`).
@@ -368,5 +538,50 @@ impl Census {
             add(*p, "proc-mount");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(load: (u64, u64), created: u64, visible: u64) -> TaskCounts {
+        TaskCounts {
+            loadavg: Some(load),
+            sysinfo: Some((load.0 as u16, load.1 as u16)),
+            created,
+            visible,
+            ..TaskCounts::default()
+        }
+    }
+
+    #[test]
+    fn counts_agree_within_exits_and_creations_only() {
+        assert!(counts((125, 125), 0, 125).judge().is_none());
+        // A task exited meanwhile: listed or not, inside the readings.
+        assert!(counts((125, 124), 0, 124).judge().is_none());
+        assert!(counts((125, 124), 0, 125).judge().is_none());
+        // A task created meanwhile leaves room for one hidden: no vouching.
+        let d = counts((125, 126), 1, 125).judge().unwrap();
+        assert!(d.contains("1 tasks were created"), "{d}");
+        // One task hidden on a quiet machine.
+        let d = counts((126, 126), 0, 125).judge().unwrap();
+        assert!(
+            d.contains("/proc/loadavg counts 126 then 126") && d.contains("125 visible"),
+            "{d}"
+        );
+        // Past 65,536 tasks sysinfo's 16 bits wrap and still compare.
+        assert!(counts((70_000, 70_000), 0, 70_000).judge().is_none());
+        let mut c = counts((70_000, 70_000), 0, 70_000);
+        c.sysinfo = Some((4466, 4466)); // 70,002 modulo 65,536
+        assert!(c.judge().unwrap().contains("sysinfo(2) counts 70002"));
+    }
+
+    #[test]
+    fn near_unwraps_sixteen_bits() {
+        assert_eq!(near(4464, 70_000), 70_000);
+        assert_eq!(near(65_535, 65_537), 65_535);
+        assert_eq!(near(3, 65_534), 65_539);
+        assert_eq!(near(125, 125), 125);
     }
 }

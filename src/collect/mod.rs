@@ -181,6 +181,12 @@ pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
             _ => elapsed_ticks,
         };
         p.cpu_percent = 100.0 * used as f64 / span.max(1.0);
+        p.lifetime = interval_end_ticks
+            .filter(|now| *now > p.stat.starttime)
+            .map(|now| {
+                let age = (now - p.stat.starttime) as f64;
+                (100.0 * p.stat.cpu_ticks() as f64 / age, age / ticks as f64)
+            });
         processes.insert(pid, p);
     }
 

@@ -201,6 +201,10 @@ pub struct Process {
     pub cpu_percent: f64,
     /// CPU ticks used during the interval.
     pub cpu_ticks_in_interval: u64,
+    /// CPU over its whole life (its own threads, not children), % of one CPU,
+    /// and its age in seconds: what a process paused while it is watched
+    /// cannot hide from the sample's counters.
+    pub lifetime: Option<(f64, f64)>,
     /// Read through a private procfs because the host's `/proc/PID` could not
     /// be read (something is mounted over it, or it is hidden from listings).
     pub recovered: bool,
@@ -234,6 +238,7 @@ impl Process {
             exe,
             cpu_percent: 0.0,
             cpu_ticks_in_interval: 0,
+            lifetime: None,
             recovered: false,
         })
     }

@@ -154,6 +154,25 @@ fn connections_by_pid<'a>(snap: &'a Snapshot, rules: &Rules) -> HashMap<i32, Vec
     by_pid
 }
 
+/// Least age for a lifetime CPU average to count (younger processes are
+/// what the sample measures).
+pub const HISTORY_MIN_AGE_SECONDS: f64 = 60.0;
+
+/// True when a process of `age` seconds used `pct`% of one CPU over its
+/// life: at least [`HIGH_CPU_PERCENT`] for a minute or more.
+pub fn is_heavy(pct: f64, age: f64) -> bool {
+    age >= HISTORY_MIN_AGE_SECONDS && pct >= HIGH_CPU_PERCENT
+}
+
+fn human_age(secs: f64) -> String {
+    match secs {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.0} h", s / 3600.0),
+        s => format!("{:.0} days", s / 86400.0),
+    }
+}
+
 /// What a signal of this id rests on (see [`Basis`]): a name, a folder and
 /// what restarts a process are its surroundings; the rest is its own.
 pub fn basis_of(id: &str) -> Basis {
@@ -388,6 +407,29 @@ pub fn signals(snap: &Snapshot, rules: &Rules, p: &Process, conns: &[&net::Socke
             ),
             "T1496",
         ));
+    }
+
+    // 6b. CPU over its life: a miner paused while Quarry (or top, or ps)
+    // runs keeps what it used before (issue 23).
+    if let Some((pct, age)) = p.lifetime {
+        if p.cpu_percent < HIGH_CPU_PERCENT && is_heavy(pct, age) {
+            let stopped = p.stat.state == 'T' || p.stat.state == 't';
+            sig.push(signal(
+                "heavy-history",
+                if stopped { 2 } else { 1 },
+                format!(
+                    "used {pct:.0}% of one CPU over its {} life, {:.0}% in the sample{}",
+                    human_age(age),
+                    p.cpu_percent,
+                    if stopped {
+                        " and is stopped (state T) now: a miner paused while it is watched"
+                    } else {
+                        ""
+                    }
+                ),
+                "T1496",
+            ));
+        }
     }
 
     // 7. What it carries, reads and what restarts it (collect::inspect).

@@ -329,10 +329,23 @@ impl Host {
         ))
     }
 
-    /// True when Quarry runs in a child PID namespace: its `NSpid` line
-    /// (proc(5)) lists one PID per namespace level, so more than one means it
-    /// is not in the initial namespace.
+    /// True when Quarry runs in a child PID namespace, or reads the procfs
+    /// of one: the initial namespace's `/proc/…/ns/pid` has the fixed inode
+    /// [`PROC_PID_INIT_INO`], and both Quarry's own and that of PID 1 of the
+    /// procfs read are compared with it. `NSpid` (proc(5)) is not enough: a
+    /// procfs mounted in the child namespace shows one level only (as
+    /// `unshare --pid --fork --mount-proc` and `docker run` mount it), and
+    /// every scan there cried "kernel rootkit" at the host's CPU (issue 22).
+    /// `NSpid` is the answer only where the namespace files are unreadable.
     pub fn in_child_pid_namespace(&self) -> bool {
+        let inos: Vec<u64> = ["/proc/self/ns/pid", "/proc/1/ns/pid"]
+            .iter()
+            .filter_map(|p| rustix::fs::stat(self.path(p)).ok())
+            .map(|st| st.st_ino)
+            .collect();
+        if !inos.is_empty() {
+            return inos.iter().any(|i| *i != PROC_PID_INIT_INO);
+        }
         self.read_text("/proc/self/status").is_ok_and(|t| {
             crate::collect::process::status_field(&t, "NSpid")
                 .is_some_and(|v| v.split_whitespace().count() > 1)
@@ -634,6 +647,10 @@ impl std::fmt::Debug for PrivateMount {
 /// Chunk size of [`read_kernel_file`]: fixed, so that a hook that recognises
 /// readers by their buffer size sees nothing unusual (busybox and coreutils
 /// read 4 KiB to 128 KiB).
+/// The inode number of the initial PID namespace's `ns/pid` file
+/// (`PROC_PID_INIT_INO` in include/linux/proc_ns.h, fixed since Linux 3.8).
+pub const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+
 pub const KERNEL_READ_CHUNK: usize = 16 * 1024;
 
 /// Reads a kernel-generated file (`/proc/vmallocinfo`, `/proc/kallsyms`,
@@ -1058,7 +1075,7 @@ fn magic_link(path: &[u8]) -> Magic {
 }
 
 /// An I/O error naming its (escaped) path.
-fn io_err(e: rustix::io::Errno, path: &[u8]) -> io::Error {
+pub(crate) fn io_err(e: rustix::io::Errno, path: &[u8]) -> io::Error {
     io::Error::new(
         io::Error::from(e).kind(),
         format!("{}: {e}", crate::escape::escape(path)),

@@ -25,8 +25,29 @@ pub struct ModulesSummary {
 }
 
 /// What the cross-view census saw (for the report).
+/// The kernel's task counts (`nr_threads` from /proc/loadavg and
+/// sysinfo(2), before and after the listing) against the tasks listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskCountsSummary {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadavg: Option<[u64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sysinfo: Option<[u16; 2]>,
+    pub created: u64,
+    pub visible: u64,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disagreement: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CensusSummary {
+    /// Why the PID-space sweep ran, or why it did not.
+    pub sweep: String,
+    /// The kernel's task counts against the listing (initial PID namespace,
+    /// live machine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_counts: Option<TaskCountsSummary>,
     pub pid_max: i32,
     pub listed_processes: usize,
     pub threads: usize,

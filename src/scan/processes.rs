@@ -10,7 +10,8 @@ use crate::report::model::{Parent, TopProcess};
 use crate::rules::Rules;
 
 /// Processes whose content is inspected: any miner signal, or at least
-/// [`detect::miner::HIGH_CPU_PERCENT`] of one CPU (issue 9); never Quarry itself, a
+/// [`detect::miner::HIGH_CPU_PERCENT`] of one CPU in the sample (issue 9) or over
+/// a life of a minute or more (a miner paused while watched, issue 23); never Quarry itself, a
 /// kernel thread, or a process the hidden-process check reports.
 pub(super) fn inspection_targets(
     snap: &Snapshot,
@@ -24,6 +25,8 @@ pub(super) fn inspection_targets(
         .filter(|p| {
             // A sealed memfd alone is what runc and systemd run: not a reason.
             p.cpu_percent >= detect::miner::HIGH_CPU_PERCENT
+                || p.lifetime
+                    .is_some_and(|(pct, age)| detect::miner::is_heavy(pct, age))
                 || detect::miner::signals(snap, rules, p, &[])
                     .iter()
                     .any(|s| !(s.id == "exe-memfd" && s.weight <= 1))

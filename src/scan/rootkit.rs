@@ -10,7 +10,7 @@ use crate::collect::{self, process::Process, Snapshot};
 use crate::detect::{self, Finding};
 use crate::escape::escape;
 use crate::host::{Host, PrivateMount};
-use crate::report::model::{AllocatorSummary, CensusSummary};
+use crate::report::model::{AllocatorSummary, CensusSummary, TaskCountsSummary};
 use crate::rules::Rules;
 
 /// What the stage adds to the scan.
@@ -62,15 +62,6 @@ pub(super) fn hidden_stage(
     // takes every CPU for as long as pid_max asks (4,194,304 PIDs under
     // systemd, and in every new PID namespace since Linux 6.14: 1.5 s here),
     // which would take CPU from the processes the sample measures.
-    let census = collect::census::take(host, fresh_host);
-    if progs.programs.iter().any(|p| !p.helpers.is_empty()) {
-        hook_findings.extend(bpf_findings(host, &progs, &census));
-    }
-    out.views_us = (took + census.diag_time).as_micros() as u64;
-    out.hook_suspect = !hook_findings.is_empty();
-    out.vmalloc_hooked = hooks.enabled.iter().flatten().any(|e| {
-        e.function == "s_show" || e.function.contains("vmalloc") || e.function.contains("vmap")
-    });
     let mut acc = detect::hidden::account(snap);
     // Inside a child PID namespace (a container), /proc/stat counts the
     // whole machine but only the namespace's processes are visible:
@@ -78,12 +69,12 @@ pub(super) fn hidden_stage(
     let nested = live && host.in_child_pid_namespace();
     if nested {
         out.limitations.push(
-            "running inside a child PID namespace (a container): CPU used outside it cannot be told from hidden CPU, so the hidden-CPU check is not applicable; run Quarry in the host's PID namespace (hostPID) for it".into(),
+            "running inside a child PID namespace (a container): CPU used outside it cannot be told from hidden CPU, so the hidden-CPU check is not applicable, and the kernel's task counts are the whole machine's, so the PID space is swept only with --deep; run Quarry in the host's PID namespace (hostPID, docker run --pid=host) for both".into(),
         );
     }
     let big_enough = snap.elapsed >= Duration::from_millis(200);
     // The costly rootkit views run when something points at a rootkit.
-    let reason = if opts.deep {
+    let pointed = if opts.deep {
         Some("--deep")
     } else if !hook_findings.is_empty() {
         Some("a kernel hook")
@@ -92,6 +83,28 @@ pub(super) fn hidden_stage(
     } else {
         None
     };
+    let sweep = match pointed {
+        Some(why) => collect::census::Sweep::Forced(why.into()),
+        None if nested => collect::census::Sweep::OnlyForced,
+        None => collect::census::Sweep::IfCountsDisagree,
+    };
+    let census = collect::census::take(host, fresh_host, sweep);
+    if progs.programs.iter().any(|p| !p.helpers.is_empty()) {
+        hook_findings.extend(bpf_findings(host, &progs, &census));
+    }
+    // Counts that disagree twice with nothing created meanwhile are no race.
+    let quiet_mismatch = census
+        .counts
+        .as_ref()
+        .is_some_and(|c| c.disagreement.is_some() && c.created == 0);
+    let reason = pointed
+        .or((!hook_findings.is_empty()).then_some("a kernel hook"))
+        .or(quiet_mismatch.then_some("the kernel's task counts disagree with the listing"));
+    out.views_us = (took + census.diag_time).as_micros() as u64;
+    out.hook_suspect = !hook_findings.is_empty();
+    out.vmalloc_hooked = hooks.enabled.iter().flatten().any(|e| {
+        e.function == "s_show" || e.function.contains("vmalloc") || e.function.contains("vmap")
+    });
     let mut extra = detect::hidden::ExtraViews::default();
     let mut allocator = None;
     let tdeep = Instant::now();
@@ -198,7 +211,7 @@ pub(super) fn hidden_stage(
     ));
     out.findings.extend(hook_findings);
     out.limitations.extend(hooks.notes.iter().cloned());
-    if !census.probed {
+    if !census.probed && !live {
         out.limitations.push(
         "system-call probes of the PID space were skipped (offline root): hidden processes are found only from cgroup and children lists".into(),
     );
@@ -222,6 +235,15 @@ pub(super) fn hidden_stage(
         kprobes: hooks.kprobes.as_ref().map(Vec::len),
         bpf_programs: host.is_live().then_some(progs.programs.len()),
         inet_diag_compared: census.diag_checked,
+        sweep: census.sweep_reason.clone(),
+        task_counts: census.counts.as_ref().map(|c| TaskCountsSummary {
+            loadavg: c.loadavg.map(|(a, b)| [a, b]),
+            sysinfo: c.sysinfo.map(|(a, b)| [a, b]),
+            created: c.created,
+            visible: c.visible,
+            attempts: c.attempts,
+            disagreement: c.disagreement.clone(),
+        }),
     });
     out.accounting = Some(acc);
     out.census_us = tc.elapsed().as_micros() as u64;

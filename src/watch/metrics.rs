@@ -2,15 +2,22 @@
 //!
 //! The exposition format comes from `prometheus-client` (the Prometheus
 //! project's Rust client); the HTTP side is a few lines on a blocking
-//! `TcpListener` in one thread, because one scrape every 15 s needs no async
-//! runtime. Requests are capped in size and time; only `GET /metrics` (and `/`
-//! with a pointer to it) is served.
+//! `TcpListener`, because one scrape every 15 s needs no async runtime, and
+//! an HTTP server crate would bring one (hyper, axum) or a fixed pool that
+//! idle clients fill (tiny_http). Each connection gets a thread of its own
+//! and [`REQUEST_DEADLINE`] for its whole request, however slowly it drips;
+//! at most [`MAX_CONNECTIONS`] are open at once, [`MAX_PER_PEER`] from one
+//! address, so idle or dripping clients never keep a scrape from being
+//! answered (measured before: one client sending a byte every 4 s, or 20
+//! idle ones, and no scrape answered within 30 s). Requests are capped in
+//! size; only `GET /metrics` (and `/` with a pointer to it) is served.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,8 +31,58 @@ use crate::detect::Finding;
 
 /// Largest request read: a scrape's request is a few hundred bytes.
 const MAX_REQUEST: usize = 8 * 1024;
-/// A client that sends nothing for this long is dropped.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The time a client has to send its whole request and read the answer
+/// (Prometheus sends its request at once; its default scrape timeout is
+/// 10 s).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
+/// Connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// Connections served at once from one address.
+pub const MAX_PER_PEER: usize = 32;
+/// Stack of a connection's thread (encoding the registry needs little).
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// Connections open now, by peer address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_peer: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place among [`Open`] ones, given back on drop.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    peer: IpAddr,
+}
+
+impl Slot {
+    fn take(open: &Arc<Mutex<Open>>, peer: IpAddr) -> Option<Slot> {
+        let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = o.by_peer.get(&peer).copied().unwrap_or(0);
+        if o.total >= MAX_CONNECTIONS || mine >= MAX_PER_PEER {
+            return None;
+        }
+        o.total += 1;
+        *o.by_peer.entry(peer).or_default() += 1;
+        Some(Slot {
+            open: open.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        o.total -= 1;
+        if let Some(n) = o.by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                o.by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// Labels of `quarry_findings`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,22 +199,42 @@ impl Metrics {
             .map_err(|e| io::Error::new(e.kind(), format!("--metrics-addr {addr}: {e}")))?;
         let bound = l.local_addr()?;
         let m = self.clone();
+        let open: Arc<Mutex<Open>> = Arc::default();
         std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
                 for s in l.incoming().flatten() {
-                    let _ = m.answer(s);
+                    let Some(slot) = s.peer_addr().ok().and_then(|a| Slot::take(&open, a.ip()))
+                    else {
+                        continue; // too many open: closed at once
+                    };
+                    let m = m.clone();
+                    // A thread that cannot be made: the connection closes.
+                    let _ = std::thread::Builder::new()
+                        .name("metrics-conn".into())
+                        .stack_size(CONNECTION_STACK)
+                        .spawn(move || {
+                            let _slot = slot;
+                            let _ = m.answer(s);
+                        });
                 }
             })?;
         Ok(bound)
     }
 
     fn answer(&self, mut s: TcpStream) -> io::Result<()> {
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let left = || {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "request deadline"))
+        };
+        s.set_write_timeout(Some(REQUEST_DEADLINE))?;
         let mut req = Vec::new();
         let mut buf = [0u8; 1024];
         while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < MAX_REQUEST {
+            s.set_read_timeout(Some(left()?))?;
             let n = s.read(&mut buf)?;
             if n == 0 {
                 break;
@@ -193,6 +270,66 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scrape(addr: SocketAddr) -> io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    }
+
+    #[test]
+    fn idle_and_dripping_clients_do_not_hold_a_scrape() {
+        let m = Metrics::new();
+        let addr = m.serve("127.0.0.1:0".parse().unwrap()).unwrap();
+        // 20 idle connections and one sending a byte a second, from the
+        // scraper's own address.
+        let idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut drip = TcpStream::connect(addr).unwrap();
+        let dripper = std::thread::spawn(move || {
+            for _ in 0..6 {
+                if drip.write_all(b"G").is_err() {
+                    return true; // closed by the server: its deadline
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            false
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        let body = scrape(addr).unwrap();
+        assert!(body.contains("quarry_cpu_busy_ratio"), "{body}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(
+            dripper.join().unwrap(),
+            "a dripping client was kept past the deadline"
+        );
+        drop(idle);
+        // More connections from one address than it may hold: the rest are
+        // closed at once (an end of file, no wait); once the held ones reach
+        // their deadline, that address is served again.
+        std::thread::sleep(Duration::from_millis(200));
+        let crowd: Vec<TcpStream> = (0..MAX_PER_PEER)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut extra = TcpStream::connect(addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(
+            extra.read(&mut b).unwrap(),
+            0,
+            "an extra connection was held"
+        );
+        std::thread::sleep(REQUEST_DEADLINE + Duration::from_millis(500));
+        let body = scrape(addr).unwrap();
+        assert!(body.contains("quarry_cpu_busy_ratio"), "{body}");
+        drop(crowd);
+    }
 
     #[test]
     fn exposition_names() {

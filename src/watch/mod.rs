@@ -21,6 +21,7 @@
 //! entry's PRIORITY. Findings are de-duplicated through [`state`]. Metrics are
 //! served for Prometheus ([`metrics`]). `watch` never acts on what it finds.
 
+pub mod lanes;
 pub mod metrics;
 pub mod state;
 pub mod tick;
@@ -37,7 +38,7 @@ use serde::Serialize;
 use crate::detect::{Finding, Severity};
 use crate::host::Host;
 use crate::rules::Rules;
-use crate::scan::{self, Check, ScanOptions};
+use crate::scan::{Check, ScanOptions};
 
 /// Version of the event schema (docs/JSON-SCHEMA.md).
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
@@ -60,6 +61,9 @@ const ETC_NAMES: &[&str] = &["ld.so.preload", "crontab", "rc.local"];
 /// Unexplained CPU share (of all CPUs) that triggers a deep scan when seen
 /// on two ticks in a row. The full scan confirms it on its own sample.
 const UNEXPLAINED_TRIGGER: f64 = 0.10;
+
+/// Least time between two deep scans for CPU no process explains.
+const DEEP_GAP: Duration = Duration::from_secs(60);
 
 /// Options of `quarry watch`.
 #[derive(Debug, Clone)]
@@ -163,12 +167,79 @@ impl<W: Write> Out<W> {
             host: &self.host,
             ..e
         };
-        let line = serde_json::to_string(&e).map_err(io::Error::other)?;
+        let line = bounded_line(serde_json::to_value(&e).map_err(io::Error::other)?);
         if self.journald {
             write!(self.w, "<{}>", priority(sev))?;
         }
         writeln!(self.w, "{line}")?;
         self.w.flush()
+    }
+}
+
+/// Longest line written. journald splits longer ones (`LineMax=`, 48K by
+/// default, journald.conf(5)) and reads a priority prefix at the start of
+/// every piece: a 1.2 MB path of a miner's made six forged PRIORITY 0
+/// entries before lines were bounded (issue 21).
+pub const MAX_LINE: usize = 32 * 1024;
+
+/// One JSON line of at most [`MAX_LINE`] bytes in which `<` never appears
+/// (written `\u003c`, the same string to a JSON reader), so nothing but
+/// Quarry's own prefix can look like a priority. Too long, its strings are
+/// cut (saying how much), then its lists; at worst only the event's kind,
+/// time and key are kept.
+pub fn bounded_line(mut v: serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.to_string().replace('<', "\\u003c");
+    let line = text(&v);
+    if line.len() <= MAX_LINE {
+        return line;
+    }
+    for max in [4096, 1024, 256, 64] {
+        cut(&mut v, max, usize::MAX);
+        let line = text(&v);
+        if line.len() <= MAX_LINE {
+            return line;
+        }
+    }
+    cut(&mut v, 64, 8);
+    let line = text(&v);
+    if line.len() <= MAX_LINE {
+        return line;
+    }
+    let mut small = serde_json::Map::new();
+    for k in ["schema", "schema_version", "time", "host", "event", "key"] {
+        if let Some(x) = v.get(k) {
+            small.insert(k.into(), x.clone());
+        }
+    }
+    small.insert("truncated".into(), true.into());
+    let mut small = serde_json::Value::Object(small);
+    cut(&mut small, 256, 8);
+    text(&small)
+}
+
+/// Cuts every string in `v` to `max` bytes (on a character boundary, with a
+/// note of what was cut) and every list to `items`.
+fn cut(v: &mut serde_json::Value, max: usize, items: usize) {
+    match v {
+        serde_json::Value::String(s) if s.len() > max => {
+            let mut end = max;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = s.len() - end;
+            s.truncate(end);
+            s.push_str(&format!("…[{cut} bytes cut]"));
+        }
+        serde_json::Value::Array(a) => {
+            if a.len() > items {
+                let n = a.len() - items;
+                a.truncate(items);
+                a.push(format!("[{n} more cut]").into());
+            }
+            a.iter_mut().for_each(|x| cut(x, max, items));
+        }
+        serde_json::Value::Object(o) => o.values_mut().for_each(|x| cut(x, max, items)),
+        _ => {}
     }
 }
 
@@ -292,26 +363,48 @@ pub fn run<W: Write>(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut ticker = tick::Ticker::new();
     let _ = ticker.tick(host, rules);
+    let mut lanes = lanes::Lanes::start(host, rules, &opts.scan, opts.scan_interval)?;
     let mut busy_since: Option<Instant> = None;
     let mut abnormal = false;
     let mut unexplained_ticks = 0;
     let mut last_scan: Option<Instant> = None;
     let mut last_deep = Instant::now();
+    let mut last_unexplained_deep: Option<Instant> = None;
     // The first scan runs at once: the answer is waiting when an alarm fires.
     let mut trigger: Option<(String, bool)> = Some(("start".into(), false));
     while !stop.load(Ordering::Relaxed) {
         if let Some((why, deep)) = trigger.take() {
-            let t = Instant::now();
-            let mut o = opts.scan.clone();
-            o.interval = opts.scan_interval;
-            o.checks = if deep {
-                Check::ALL.to_vec()
-            } else {
-                vec![Check::Cpu, Check::Miner, Check::Preload, Check::Persistence]
+            if deep {
+                last_deep = Instant::now();
+            }
+            lanes.request(why, deep);
+        }
+        // Wait one interval, taking each scan's result as it ends, waking
+        // for a stop.
+        let until = Instant::now() + opts.interval;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                break;
             };
-            match scan::run(host, rules, &o) {
+            let done = match lanes
+                .done
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(d) => d,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("the scan threads ended")
+                }
+            };
+            lanes.finished(&done);
+            let lanes::Done {
+                why,
+                deep,
+                took,
+                report,
+            } = done;
+            match report {
                 Ok(report) => {
-                    let took = t.elapsed();
                     metrics.scan_duration.observe(took.as_secs_f64());
                     metrics.last_scan.set(
                         SystemTime::now()
@@ -329,7 +422,11 @@ pub fn run<W: Write>(
                         .filter(|f| f.severity >= opts.min_severity)
                         .cloned()
                         .collect();
-                    for (change, key, f, prev) in st.update(&shown, &now) {
+                    // A light scan says nothing of what only a deep one checks.
+                    let covered = |rule: &str| {
+                        deep || Check::of_rule(rule).is_some_and(|c| lanes::LIGHT.contains(&c))
+                    };
+                    for (change, key, f, prev) in st.update(&shown, &now, covered) {
                         let mut e = event(match change {
                             state::Change::New => "finding",
                             state::Change::Changed => "changed",
@@ -371,14 +468,6 @@ pub fn run<W: Write>(
                 }
             }
             last_scan = Some(Instant::now());
-            if deep {
-                last_deep = Instant::now();
-            }
-        }
-        // Sleep one interval, waking for a stop.
-        let until = Instant::now() + opts.interval;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100).min(opts.interval));
         }
         if stop.load(Ordering::Relaxed) {
             break;
@@ -422,10 +511,14 @@ pub fn run<W: Write>(
             .keys()
             .filter_map(|k| k.split("|pid=").nth(1)?.split('|').next()?.parse().ok())
             .collect();
-        trigger = if last_deep.elapsed() >= opts.deep_every {
+        // A deep scan for unexplained CPU at most every DEEP_GAP: a fork
+        // storm that lasts is one condition, not one deep scan per tick.
+        let unexplained_due = last_unexplained_deep.is_none_or(|t| t.elapsed() >= DEEP_GAP);
+        trigger = if last_deep.elapsed() >= opts.deep_every && lanes.running(true).is_none() {
             Some(("periodic deep scan".into(), true))
-        } else if unexplained_ticks >= 2 {
+        } else if unexplained_ticks >= 2 && unexplained_due {
             unexplained_ticks = 0;
+            last_unexplained_deep = Some(Instant::now());
             Some((
                 format!(
                     "{:.0}% of the CPU explained by no visible process",
@@ -440,6 +533,7 @@ pub fn run<W: Write>(
             ))
         } else if busy_since.is_some_and(|s| s.elapsed() >= opts.sustain)
             && since_scan >= opts.sustain
+            && lanes.running(false).is_none()
         {
             Some((
                 format!(
@@ -453,7 +547,10 @@ pub fn run<W: Write>(
             Some((format!("start-up or hiding place changed ({what})"), false))
         } else if let Some(pid) = open_pids.iter().find(|p| t.gone.contains(p)) {
             Some((format!("PID {pid} of an open finding exited"), false))
-        } else if !st.reported.is_empty() && since_scan >= opts.recheck {
+        } else if !st.reported.is_empty()
+            && since_scan >= opts.recheck
+            && lanes.running(false).is_none()
+        {
             Some(("recheck of open findings".into(), false))
         } else {
             None
@@ -461,4 +558,43 @@ pub fn run<W: Write>(
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_bounded_and_holds_no_priority_but_quarrys() {
+        let path = "/tmp/<0>x".repeat(150_000); // 1.35 MB, as a miner's own path
+        let v = serde_json::json!({
+            "event": "finding",
+            "key": "miner.process|pid=7",
+            "finding": {"subject": {"path": path}, "evidence": ["a<1>b"]},
+        });
+        let line = bounded_line(v);
+        assert!(line.len() <= MAX_LINE, "{}", line.len());
+        assert!(!line.contains('<'));
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let p = back["finding"]["subject"]["path"].as_str().unwrap();
+        assert!(
+            p.starts_with("/tmp/<0>x/tmp/<0>x") && p.contains("bytes cut]"),
+            "{p}"
+        );
+        assert_eq!(back["finding"]["evidence"][0], "a<1>b");
+        // Many entries: lists are cut too.
+        let many: Vec<String> = (0..20_000)
+            .map(|i| format!("entry {i} {}", "y".repeat(40)))
+            .collect();
+        let line =
+            bounded_line(serde_json::json!({"event": "scan", "scan": {"limitations": many}}));
+        assert!(line.len() <= MAX_LINE, "{}", line.len());
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["event"], "scan");
+        // A short line is as serde_json writes it, `<` aside.
+        assert_eq!(
+            bounded_line(serde_json::json!({"a": "<b>"})),
+            "{\"a\":\"\\u003cb>\"}"
+        );
+    }
 }

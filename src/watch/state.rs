@@ -83,10 +83,13 @@ impl State {
     /// Compares a scan's findings with what was reported, updates the state,
     /// and returns the changes in order: new and changed findings (with the
     /// finding), then cleared ones (with what was last reported).
+    /// A finding reported before, absent now and of a rule the scan did not
+    /// `cover`, stays open: a light scan says nothing of module files.
     pub fn update<'a>(
         &mut self,
         findings: &'a [Finding],
         now: &str,
+        covered: impl Fn(&str) -> bool,
     ) -> Vec<(Change, String, Option<&'a Finding>, Option<Seen>)> {
         let mut out = Vec::new();
         let mut current: BTreeMap<String, Seen> = BTreeMap::new();
@@ -107,8 +110,14 @@ impl State {
             current.insert(k, s);
         }
         for (k, old) in &self.reported {
-            if !current.contains_key(k) {
+            if current.contains_key(k) {
+                continue;
+            }
+            let rule = k.split('|').next().unwrap_or("");
+            if covered(rule) {
                 out.push((Change::Cleared, k.clone(), None, Some(old.clone())));
+            } else {
+                current.insert(k.clone(), old.clone());
             }
         }
         self.reported = current;
@@ -177,15 +186,18 @@ mod tests {
     fn new_changed_cleared() {
         let mut st = State::default();
         let a = vec![finding("miner.process", Some(7), Severity::Medium)];
-        let c = st.update(&a, "t0");
+        let c = st.update(&a, "t0", |_| true);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].0, Change::New);
-        assert!(st.update(&a, "t1").is_empty(), "reported once");
+        assert!(st.update(&a, "t1", |_| true).is_empty(), "reported once");
         let b = vec![finding("miner.process", Some(7), Severity::High)];
-        let c = st.update(&b, "t2");
+        let c = st.update(&b, "t2", |_| true);
         assert_eq!(c[0].0, Change::Changed);
         assert_eq!(st.reported.values().next().unwrap().first_seen, "t0");
-        let c = st.update(&[], "t3");
+        // A scan that did not cover the rule leaves it open.
+        assert!(st.update(&[], "t3", |r| r != "miner.process").is_empty());
+        assert_eq!(st.reported.len(), 1);
+        let c = st.update(&[], "t4", |_| true);
         assert_eq!(c[0].0, Change::Cleared);
         assert!(st.reported.is_empty());
     }

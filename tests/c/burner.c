@@ -3,7 +3,11 @@
  * to a fake pool on 127.0.0.1. It prints "ready" when set up.
  *
  *   burner [--name NAME] [--memfd NAME] [--connect PORT] [--idle] [--fork-storm N]
- *          [--thread-storm N] [--listen PORT] [ignored args...]
+ *          [--thread-storm N] [--listen PORT] [--regions N] [ignored args...]
+ *
+ * --regions N maps N separate one-page private regions (each written, so it
+ * is resident; a no-access page between each keeps the kernel from merging
+ * them), as a miner with thousands of small allocations has.
  *
  * Unknown arguments are ignored, so tests can add miner-looking ones
  * (stratum URLs, wallets) to the command line.
@@ -50,7 +54,7 @@ static void *short_thread(void *arg) { return arg; }
 
 int main(int argc, char **argv) {
     const char *name = NULL, *memfd = NULL;
-    int port = 0, idle = 0, storm = 0, tstorm = 0, listen_port = 0;
+    int port = 0, idle = 0, storm = 0, tstorm = 0, listen_port = 0, regions = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--name") == 0 && i + 1 < argc) name = argv[++i];
         else if (strcmp(argv[i], "--memfd") == 0 && i + 1 < argc) memfd = argv[++i];
@@ -59,6 +63,14 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) listen_port = atoi(argv[++i]);
         else if (strcmp(argv[i], "--fork-storm") == 0 && i + 1 < argc) storm = atoi(argv[++i]);
         else if (strcmp(argv[i], "--thread-storm") == 0 && i + 1 < argc) tstorm = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--regions") == 0 && i + 1 < argc) regions = atoi(argv[++i]);
+    }
+    for (int i = 0; i < regions; i++) {
+        long pg = sysconf(_SC_PAGESIZE);
+        char *r = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (r == MAP_FAILED) { perror("mmap"); return 1; }
+        if (mprotect(r + pg, pg, PROT_NONE) != 0) { perror("mprotect"); return 1; }
+        memset(r, 'a' + i % 26, pg);
     }
     if (memfd) {
         memfd_reexec(memfd, argc, argv);

@@ -6,6 +6,7 @@
 //! a timeline.
 
 pub mod docker;
+pub mod include;
 pub mod kubelet;
 pub mod lineage;
 pub mod logins;

@@ -11,6 +11,7 @@
 //!   inside it, the first value again wins over the global one for a
 //!   connection that matches.
 
+use super::include::{Includes, MAX_FILE_BYTES};
 use crate::host::Host;
 
 /// OpenSSH's defaults (sshd_config(5), since OpenSSH 7.0 for PermitRootLogin).
@@ -155,6 +156,7 @@ pub fn glob(pat: &[u8], s: &[u8]) -> bool {
 struct Parser<'a> {
     host: &'a Host,
     cfg: SshdConfig,
+    includes: Includes,
     /// Index into `cfg.matches` of the open block.
     current: Option<usize>,
 }
@@ -163,7 +165,7 @@ struct Parser<'a> {
 /// does not exist.
 pub fn read(host: &Host) -> Option<SshdConfig> {
     let main = "/etc/ssh/sshd_config";
-    let text = host.read_prefix(main, 1 << 20).ok()?;
+    let text = host.read_prefix(main, MAX_FILE_BYTES).ok()?;
     Some(parse(host, main, &String::from_utf8_lossy(&text)))
 }
 
@@ -186,9 +188,15 @@ pub fn parse(host: &Host, name: &str, text: &str) -> SshdConfig {
             errors: Vec::new(),
         },
         current: None,
+        includes: Includes::default(),
     };
     let mut set = (false, false);
-    p.file(name, text.as_bytes(), 0, &mut set);
+    if p.includes.enter(name, None).is_ok() {
+        p.includes.read(text.len());
+        p.file(name, text.as_bytes(), 0, &mut set);
+        p.includes.leave();
+    }
+    p.cfg.errors.extend(p.includes.summary());
     p.cfg
 }
 
@@ -233,19 +241,28 @@ impl Parser<'_> {
                     self.current = Some(self.cfg.matches.len() - 1);
                 }
                 "include" => {
+                    let col = raw.len() - raw.trim_start().len() + 1;
                     if depth >= MAX_DEPTH {
-                        self.cfg.errors.push(format!(
-                            "{src}:1: Include nested deeper than {MAX_DEPTH} levels"
+                        let e = self.includes.error(format!(
+                            "{src}:{col}: Include nested deeper than {MAX_DEPTH} levels"
                         ));
+                        self.cfg.errors.extend(e);
                         continue;
                     }
                     for pat in rest.split_whitespace() {
+                        let col = raw.find(pat).map_or(col, |c| c + 1);
                         for path in self.expand(pat) {
-                            if let Ok(t) = self.host.read_prefix(&path, 1 << 20) {
+                            if let Err(e) = self.includes.enter(&path, Some((&src, col))) {
+                                self.cfg.errors.extend(e);
+                                continue;
+                            }
+                            if let Ok(t) = self.host.read_prefix(&path, self.includes.room()) {
+                                self.includes.read(t.len());
                                 let saved = self.current;
                                 self.file(&path, &t, depth + 1, set);
                                 self.current = saved;
                             }
+                            self.includes.leave();
                         }
                     }
                 }
@@ -396,6 +413,56 @@ mod tests {
         assert_eq!(
             c.errors,
             vec!["/etc/ssh/sshd_config:2:3: PermitRootLogin has no value"]
+        );
+    }
+
+    #[test]
+    fn an_include_loop_ends_with_its_position() {
+        // Root's sshd_config including itself three times per level made
+        // 3^16 reads before include loops were caught (issue 21).
+        let (d, h) = fixture_host();
+        let text = "Include /etc/ssh/sshd_config /etc/ssh/sshd_config\nInclude sshd_config\nPermitRootLogin yes\n";
+        std::fs::write(d.path().join("etc/ssh/sshd_config"), text).unwrap();
+        let t = std::time::Instant::now();
+        let c = read(&h).unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(c.permit_root_login.value, "yes");
+        assert_eq!(c.errors.len(), 3, "{:?}", c.errors);
+        assert!(
+            c.errors[0].starts_with(
+                "/etc/ssh/sshd_config:1:9: include of /etc/ssh/sshd_config loops back"
+            ),
+            "{:?}",
+            c.errors
+        );
+        assert!(
+            c.errors[2].starts_with("/etc/ssh/sshd_config:2:9:"),
+            "{:?}",
+            c.errors
+        );
+        // Distinct files that include each other without looping still end.
+        for n in 0..40 {
+            std::fs::write(
+                d.path().join(format!("etc/ssh/sshd_config.d/{n}.conf")),
+                "Include sshd_config.d/*.conf\n",
+            )
+            .unwrap();
+        }
+        std::fs::write(
+            d.path().join("etc/ssh/sshd_config"),
+            "Include sshd_config.d/*.conf\n",
+        )
+        .unwrap();
+        let c = read(&h).unwrap();
+        assert!(c.files.len() <= super::super::include::MAX_FILES);
+        assert!(c.errors.len() <= super::super::include::MAX_ERRORS + 1);
+        assert!(
+            c.errors
+                .last()
+                .unwrap()
+                .ends_with("more include errors not listed"),
+            "{:?}",
+            c.errors
         );
     }
 

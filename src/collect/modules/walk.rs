@@ -223,6 +223,20 @@ impl PendingSave {
     }
 }
 
+/// The walk's niceness during the CPU sample (the lowest priority).
+const WALK_NICE: i32 = 19;
+
+/// When a walk still running is raised back to nice 0: past the longest
+/// sample a person waits for (`--interval` is 1 s by default).
+pub const RAISE_AFTER: Duration = Duration::from_secs(2);
+
+/// Sets the calling thread's niceness (setpriority(2) with `PRIO_PROCESS`
+/// and a thread id acts on that thread alone on Linux). Raising it back
+/// needs CAP_SYS_NICE; without it the thread stays where it was.
+fn set_thread_nice(nice: i32) {
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
+}
+
 /// [`find_files`], with the caches written by the caller through the
 /// returned [`PendingSave`].
 pub fn find_files_deferred(
@@ -288,10 +302,11 @@ pub fn find_files_deferred(
     let worker = || {
         // The walk runs during the CPU sample: at the lowest priority, so it
         // takes only CPU the machine's own work leaves idle (per-thread nice,
-        // setpriority(2) on the thread id).
-        unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-        }
+        // setpriority(2) on the thread id). Past the sample it is raised
+        // back, so a machine at 100 % (a miner's doing) cannot starve it: at
+        // nice 19 beside two busy CPUs it was cut at 10 s (issue 21).
+        set_thread_nice(WALK_NICE);
+        let mut raised = false;
         let mut out = Vec::new();
         let mut stats = WalkStats::default();
         let mut local: Vec<DirItem> = Vec::new();
@@ -304,6 +319,10 @@ pub fn find_files_deferred(
             .filter(|_| !shared.stop.load(Ordering::Relaxed))
             .or_else(|| shared.take())
         {
+            if !raised && t0.elapsed() >= RAISE_AFTER {
+                set_thread_nice(0);
+                raised = true;
+            }
             let finished = walk_one(
                 &Walker {
                     host,
