@@ -140,11 +140,16 @@ pub fn run_full(
     // the lowest priority, and Quarry's own CPU is left out of the machine's
     // busy share), and goes on beside the census that follows the sample.
     let walk = on(Check::Modules).then(|| {
-        let (h, roots, limits) = (
+        let (h, roots, mut limits) = (
             host.clone(),
             opts.module_roots.clone(),
             opts.walk_limits.clone(),
         );
+        // Beside the sample at the lowest priority; after it, at Quarry's
+        // own, so a machine at 100 % cannot starve it (issue 21).
+        limits.raise_after = limits
+            .raise_after
+            .min(opts.interval + Duration::from_millis(100));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let writer = std::thread::spawn(move || {
             let t = Instant::now();

@@ -1078,6 +1078,57 @@ pub fn find_wallet(args: &[Vec<u8>]) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn process(state: char, sample: f64, lifetime: Option<(f64, f64)>) -> Process {
+        Process {
+            pid: 4242,
+            stat: crate::collect::process::ProcStat {
+                comm: b"cloud-agent".to_vec(),
+                state,
+                ..Default::default()
+            },
+            uid: Some(0),
+            cmdline: vec![b"/usr/local/bin/cloud-agent".to_vec()],
+            exe: Ok(crate::collect::process::Exe::from_link(
+                b"/usr/local/bin/cloud-agent".to_vec(),
+            )),
+            cpu_percent: sample,
+            cpu_ticks_in_interval: 0,
+            lifetime,
+            recovered: false,
+        }
+    }
+
+    #[test]
+    fn a_miner_paused_while_watched_keeps_its_history() {
+        let snap = Snapshot::default();
+        let rules = Rules::default();
+        let heavy = |p: &Process| {
+            signals(&snap, &rules, p, &[])
+                .into_iter()
+                .find(|s| s.id == "heavy-history")
+        };
+        // Stopped during the scan after 97 % of a CPU over 20 minutes.
+        let s = heavy(&process('T', 0.0, Some((97.0, 1200.0)))).unwrap();
+        assert_eq!(s.weight, 2);
+        assert!(
+            s.detail.contains("97% of one CPU over its 20 min life"),
+            "{}",
+            s.detail
+        );
+        assert!(s.detail.contains("stopped (state T)"), "{}", s.detail);
+        // Running but quiet in the sample: one weak signal.
+        assert_eq!(
+            heavy(&process('S', 3.0, Some((80.0, 600.0))))
+                .unwrap()
+                .weight,
+            1
+        );
+        // Busy in the sample (high-cpu says it), young, or light: none.
+        assert!(heavy(&process('R', 99.0, Some((99.0, 600.0)))).is_none());
+        assert!(heavy(&process('T', 0.0, Some((99.0, 30.0)))).is_none());
+        assert!(heavy(&process('T', 0.0, Some((20.0, 6000.0)))).is_none());
+    }
+
     #[test]
     fn algorithm_only_as_an_option_value() {
         let argv = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();

@@ -50,6 +50,9 @@ pub struct WalkLimits {
     pub max_depth: usize,
     pub max_entries: usize,
     pub max_time: Duration,
+    /// When a walk still running is raised from nice 19 back to 0: the end
+    /// of the CPU sample it runs beside (the scan sets it).
+    pub raise_after: Duration,
 }
 
 impl Default for WalkLimits {
@@ -58,6 +61,7 @@ impl Default for WalkLimits {
             max_depth: 16,
             max_entries: 400_000,
             max_time: Duration::from_secs(10),
+            raise_after: RAISE_AFTER,
         }
     }
 }
@@ -226,8 +230,8 @@ impl PendingSave {
 /// The walk's niceness during the CPU sample (the lowest priority).
 const WALK_NICE: i32 = 19;
 
-/// When a walk still running is raised back to nice 0: past the longest
-/// sample a person waits for (`--interval` is 1 s by default).
+/// When a walk still running is raised back to nice 0, unless the scan
+/// says (the end of its sample).
 pub const RAISE_AFTER: Duration = Duration::from_secs(2);
 
 /// Sets the calling thread's niceness (setpriority(2) with `PRIO_PROCESS`
@@ -319,7 +323,7 @@ pub fn find_files_deferred(
             .filter(|_| !shared.stop.load(Ordering::Relaxed))
             .or_else(|| shared.take())
         {
-            if !raised && t0.elapsed() >= RAISE_AFTER {
+            if !raised && t0.elapsed() >= limits.raise_after {
                 set_thread_nice(0);
                 raised = true;
             }
