@@ -353,8 +353,8 @@ fn cmd_scan(a: ScanArgs) -> anyhow::Result<u8> {
     let report = scan::run(&host, &rules, &opts)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match a.format {
-        Format::Json => report::write_json(&mut out, &report)?,
+    let written = match a.format {
+        Format::Json => report::write_json(&mut out, &report),
         Format::Text => {
             let color = match a.color {
                 ColorChoice::Always => true,
@@ -363,10 +363,16 @@ fn cmd_scan(a: ScanArgs) -> anyhow::Result<u8> {
                     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
                 }
             };
-            report::write_text(&mut out, &report, color)?
+            report::write_text(&mut out, &report, color)
         }
     }
-    out.flush()?;
+    .and_then(|()| out.flush());
+    // A reader that stopped reading (`quarry scan | head`) ends the output,
+    // not the verdict: the exit code still says what was found.
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
     let fail = report.findings.iter().any(|f| f.severity >= a.fail_on);
     Ok(u8::from(fail))
 }

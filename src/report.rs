@@ -235,14 +235,26 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
         let _ = writeln!(s, "{} {}", st.bold("Kernel hooks:"), kernel.join("; "));
     }
     if let Some(a) = &r.cpu_accounting {
+        // Per-process ticks and /proc/stat are read a moment apart: the
+        // processes can add up to a little more than the kernel counted.
+        // That is no negative share of anything (issue 25).
+        let rest = if a.unexplained_percent >= 0.05 {
+            format!("nothing explains {:.1}%", a.unexplained_percent)
+        } else if a.unexplained_percent > -0.5 {
+            "nothing is left unexplained".to_string()
+        } else {
+            format!(
+                "nothing is left unexplained (the processes' own counters add up to {:.1} points more than the kernel's, read a moment apart)",
+                -a.unexplained_percent
+            )
+        };
         let _ = writeln!(
             s,
-            "{} the kernel counted {:.1}% of all CPUs busy in processes; visible processes explain {:.1}%, hidden processes Quarry found {:.1}%, nothing explains {:.1}% (alarm at {:.1}%){}",
+            "{} the kernel counted {:.1}% of all CPUs busy in processes; visible processes explain {:.1}%, hidden processes Quarry found {:.1}%, {rest} (alarm at {:.1}%){}",
             st.bold("CPU accounting:"),
             a.kernel_busy_percent,
             a.visible_percent,
             a.recovered_percent,
-            a.unexplained_percent,
             a.alert_percent,
             a.cgroup_percent
                 .map_or(String::new(), |c| format!("; cgroup accounting says {c:.1}%"))

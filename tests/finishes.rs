@@ -409,3 +409,25 @@ fn many_small_regions_are_read_within_the_budget() {
     }
     assert!(took < Duration::from_secs(60), "{took:?}");
 }
+
+#[test]
+fn a_reader_that_stops_reading_ends_the_output_not_the_verdict() {
+    // `true` has exited long before the report is written: every write
+    // fails with EPIPE.
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            r#""$0" scan --only cpu --interval 0.2 | true; echo "status=${PIPESTATUS[0]}""#,
+            common::QUARRY,
+        ])
+        .env("QUARRY_CACHE_DIR", "")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("status=0") || stdout.contains("status=1"),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.is_empty(), "{stderr}");
+}

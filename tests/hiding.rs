@@ -150,12 +150,15 @@ fn storm_of_short_lived_processes_and_threads_gives_no_hidden_finding() {
             bad.is_empty(),
             "false hidden finding under a fork storm: {bad:#?}"
         );
-        // A storm creates tasks during every listing: the kernel's counts
-        // cannot vouch for it, so the PID space is swept.
+        // The PID space is swept unless the kernel's counts vouched for the
+        // listing (nothing created while it was read, the counts agreeing):
+        // a storm makes that rare, not impossible.
+        let c = &s.json["census"];
         assert!(
-            s.json["census"]["probed"].as_bool().unwrap(),
-            "{:#}",
-            s.json["census"]
+            c["probed"].as_bool().unwrap()
+                || c["sweep"].as_str().unwrap().starts_with("not needed")
+                    && c["task_counts"]["created"] == 0,
+            "{c:#}"
         );
         if i % 2 == 1 {
             let a = &s.json["census"]["allocator"];

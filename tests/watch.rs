@@ -222,6 +222,33 @@ fn watch_reports_a_miner_once_clears_it_and_feeds_prometheus() {
         metrics.contains("quarry_cpu_busy_ratio") && metrics.contains("quarry_build_info"),
         "{metrics}"
     );
+    // Without an Accept header for OpenMetrics: the text format 0.0.4, which
+    // Debian's `promtool check metrics` lints.
+    assert!(
+        metrics.contains("Content-Type: text/plain; version=0.0.4"),
+        "{metrics}"
+    );
+    if let Ok(mut lint) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        let body = metrics.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        lint.stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = lint.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // A miner appears.
     let _bin = install_burner("/tmp/quarry-watch/xmrig");
@@ -255,6 +282,18 @@ fn watch_reports_a_miner_once_clears_it_and_feeds_prometheus() {
             rules.status.success(),
             "{}",
             String::from_utf8_lossy(&rules.stdout)
+        );
+        // Each alert fires on what it is for and stays quiet otherwise.
+        let unit = Command::new("promtool")
+            .args(["test", "rules", "quarry-alerts.test.yml"])
+            .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus"))
+            .output()
+            .unwrap();
+        assert!(
+            unit.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&unit.stdout),
+            String::from_utf8_lossy(&unit.stderr)
         );
     }
 

@@ -245,11 +245,24 @@ impl Metrics {
         let mut words = line.split(|b| *b == b' ');
         let (method, path) = (words.next().unwrap_or(b""), words.next().unwrap_or(b""));
         let path = path.split(|b| *b == b'?').next().unwrap_or(b"");
+        // Prometheus asks for OpenMetrics in its Accept header; a client
+        // that does not (promtool check metrics, curl) gets the text format
+        // 0.0.4, which has no `info` type.
+        let openmetrics = req
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .filter(|h| h.len() > 7 && h[..7].eq_ignore_ascii_case(b"accept:"))
+            .any(|h| h.windows(24).any(|w| w == b"application/openmetrics-"));
         let (status, ctype, body) = match (method, path) {
-            (b"GET", b"/metrics") => (
+            (b"GET", b"/metrics") if openmetrics => (
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 self.encode(),
+            ),
+            (b"GET", b"/metrics") => (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                text_format(&self.encode()),
             ),
             (b"GET", b"/") => (
                 "200 OK",
@@ -265,6 +278,47 @@ impl Metrics {
         )?;
         s.flush()
     }
+}
+
+/// The Prometheus text format 0.0.4 of an OpenMetrics exposition: `info`
+/// families become gauges named with their `_info` suffix, counters are
+/// typed under their `_total` sample name, and the `# UNIT` and `# EOF`
+/// lines go (prometheus-client writes OpenMetrics only).
+pub fn text_format(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            match rest.rsplit_once(' ') {
+                Some((name, "info")) => {
+                    out.push_str(&format!("# TYPE {name}_info gauge\n"));
+                    continue;
+                }
+                Some((name, "counter")) => {
+                    out.push_str(&format!("# TYPE {name}_total counter\n"));
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, help)) = rest.split_once(' ') {
+                if openmetrics.contains(&format!("# TYPE {name} info")) {
+                    out.push_str(&format!("# HELP {name}_info {help}\n"));
+                    continue;
+                }
+                if openmetrics.contains(&format!("# TYPE {name} counter")) {
+                    out.push_str(&format!("# HELP {name}_total {help}\n"));
+                    continue;
+                }
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -329,6 +383,18 @@ mod tests {
         let body = scrape(addr).unwrap();
         assert!(body.contains("quarry_cpu_busy_ratio"), "{body}");
         drop(crowd);
+    }
+
+    #[test]
+    fn text_format_has_no_info_type() {
+        let t = text_format(&Metrics::new().encode());
+        assert!(t.contains("# TYPE quarry_build_info gauge\n"), "{t}");
+        assert!(
+            t.contains("# HELP quarry_build_info Quarry's version"),
+            "{t}"
+        );
+        assert!(t.contains("quarry_build_info{version="), "{t}");
+        assert!(!t.contains("# EOF") && !t.contains(" info\n"), "{t}");
     }
 
     #[test]
