@@ -70,6 +70,7 @@ pub fn run(target: &str, data: &[u8]) {
                     kind: *kind,
                     meta: FileMeta::default(),
                     content: data.to_vec(),
+                    sha256: Some(crate::collect::modules::sha256_hex(data)),
                 })
                 .collect();
             let flagged = [crate::detect::persistence::Flagged {

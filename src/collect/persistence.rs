@@ -54,36 +54,50 @@ pub struct PersistFile {
     pub path: Vec<u8>,
     pub kind: PersistKind,
     pub meta: FileMeta,
+    /// Its bytes (at most 1 MiB), less long runs of NULs.
     pub content: Vec<u8>,
+    /// SHA-256 of the whole file, when all of it was read: what `quarry fix`
+    /// pins before it acts on the file (`None`: fix leaves it alone).
+    pub sha256: Option<String>,
 }
 
 /// Largest start-up file read (bigger ones are not scripts a person wrote).
 const MAX_FILE: usize = 1024 * 1024;
 
-/// Most bytes of start-up files kept in all: memory follows what was read,
+/// Most bytes of start-up files kept in all: memory follows what is kept,
 /// and an unprivileged user's 400 sparse 1 MiB unit files once took a scan
-/// to 419 MB (issue 21). Past it, files are still listed, with no content.
+/// to 419 MB (issue 21). System places are read before users' homes; past
+/// the budget, files are listed with no content and the report says so.
 pub const MAX_TOTAL: usize = 16 * 1024 * 1024;
 
-/// Bytes read at a time: a file is read no further than its first NUL
-/// (text ends there for cron, systemd and the shells; a sparse file is all
-/// NULs).
+/// Bytes read at a time.
 const CHUNK: usize = 16 * 1024;
 
-/// Reads a start-up file's text: up to its first NUL, [`MAX_FILE`] and
-/// what is left of `budget`; true when the budget cut it.
+/// A run of NUL bytes at least this long is not kept: no start-up file's
+/// text has one, and a sparse file is nothing else. (Lines after it are
+/// kept: cron reads on past NULs, so they are not the end of the text.)
+const NUL_RUN: usize = 16;
+
+/// Reads a start-up file: its bytes up to [`MAX_FILE`], less runs of
+/// [`NUL_RUN`] or more NULs, kept within what is left of `budget`, and the
+/// SHA-256 of the whole file when all of it was read. True when the budget
+/// cut it.
 fn read_text(
     host: &Host,
     p: &std::path::Path,
     budget: &mut usize,
-) -> std::io::Result<(Vec<u8>, bool)> {
+) -> std::io::Result<(Vec<u8>, Option<String>, bool)> {
+    use sha2::Digest;
+    if *budget == 0 {
+        return Ok((Vec::new(), None, true));
+    }
     let fd = host.open_file(p)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; CHUNK];
-    let limit = MAX_FILE.min(*budget);
-    let mut ended = false;
-    while out.len() < limit {
-        let want = CHUNK.min(limit - out.len());
+    let mut hash = sha2::Sha256::new();
+    let (mut read, mut nuls, mut ended) = (0usize, 0usize, false);
+    while read < MAX_FILE {
+        let want = CHUNK.min(MAX_FILE - read);
         let n = match rustix::io::read(&fd, &mut buf[..want]) {
             Ok(0) => {
                 ended = true;
@@ -94,17 +108,40 @@ fn read_text(
             Err(rustix::io::Errno::AGAIN) => break,
             Err(e) => return Err(crate::host::io_err(e, p.as_os_str().as_encoded_bytes())),
         };
-        if let Some(z) = buf[..n].iter().position(|b| *b == 0) {
-            out.extend_from_slice(&buf[..z]);
-            ended = true;
+        read += n;
+        hash.update(&buf[..n]);
+        for &b in &buf[..n] {
+            if b == 0 {
+                nuls += 1;
+                continue;
+            }
+            if nuls > 0 && nuls < NUL_RUN {
+                out.extend(std::iter::repeat_n(0u8, nuls));
+            }
+            nuls = 0;
+            out.push(b);
+        }
+        if out.len() >= *budget {
             break;
         }
-        out.extend_from_slice(&buf[..n]);
     }
+    if nuls > 0 && nuls < NUL_RUN {
+        out.extend(std::iter::repeat_n(0u8, nuls));
+    }
+    // At the end of the file only if one more read says so.
+    if !ended && read < MAX_FILE {
+        ended = matches!(rustix::io::read(&fd, &mut buf[..1]), Ok(0));
+    }
+    let cut = out.len() > *budget;
+    out.truncate(*budget);
     out.shrink_to_fit();
     *budget -= out.len();
-    let cut = !ended && limit < MAX_FILE && out.len() == limit;
-    Ok((out, cut))
+    let whole = ended && !cut;
+    Ok((out, whole.then(|| hex(&hash.finalize())), cut))
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Collects every start-up file, and says when [`MAX_TOTAL`] cut their text.
@@ -121,13 +158,14 @@ pub fn collect(host: &Host, users: &Users) -> (Vec<PersistFile>, Option<String>)
         if !meta.exists {
             return;
         }
-        if let Ok((content, cut)) = read_text(host, &p, &mut budget) {
+        if let Ok((content, sha256, cut)) = read_text(host, &p, &mut budget) {
             starved += usize::from(cut);
             out.push(PersistFile {
                 path,
                 kind,
                 meta,
                 content,
+                sha256,
             });
         }
     };
@@ -302,4 +340,41 @@ pub fn executed_words(cmd: &str) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_nul_runs_are_dropped_lines_after_them_kept_and_the_whole_file_hashed() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::new(d.path());
+        let mut data = b"* * * * * root /bin/true\n".to_vec();
+        data.extend([0u8; 100]);
+        data.extend(b"\n* * * * * root /tmp/x\n\0\0\0end");
+        std::fs::write(d.path().join("tab"), &data).unwrap();
+        let mut budget = MAX_TOTAL;
+        let (text, sha, cut) = read_text(&host, std::path::Path::new("/tab"), &mut budget).unwrap();
+        assert_eq!(
+            text,
+            b"* * * * * root /bin/true\n\n* * * * * root /tmp/x\n\0\0\0end".to_vec()
+        );
+        assert_eq!(sha.unwrap(), crate::collect::modules::sha256_hex(&data));
+        assert!(!cut);
+        assert_eq!(budget, MAX_TOTAL - text.len());
+        // A sparse file keeps nothing; a file past the budget is cut and
+        // pinned to nothing.
+        let f = std::fs::File::create(d.path().join("sparse")).unwrap();
+        f.set_len(1 << 20).unwrap();
+        let (text, sha, _) =
+            read_text(&host, std::path::Path::new("/sparse"), &mut budget).unwrap();
+        assert!(text.is_empty());
+        assert!(sha.is_some());
+        let mut small = 10;
+        let (text, sha, cut) = read_text(&host, std::path::Path::new("/tab"), &mut small).unwrap();
+        assert_eq!(text.len(), 10);
+        assert!(cut && sha.is_none());
+        assert_eq!(small, 0);
+    }
 }

@@ -735,7 +735,6 @@ pub fn findings(
     persist: &[PersistFile],
     logins: Option<&Logins>,
     users: &crate::collect::users::Users,
-    sha256: &dyn Fn(&[u8]) -> Option<String>,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     for r in &doors.redis {
@@ -821,7 +820,7 @@ pub fn findings(
             path: crate::host::BytePath::new(f.path.clone()),
             id: None,
             direct: true,
-            judged: sha256(&f.content).map_or(Judged::None, Judged::Content),
+            judged: Judged::Content(f.sha256.clone().unwrap_or_default()),
         });
         out.push(fi);
     }

@@ -249,7 +249,9 @@ pub fn findings(
                 PersistKind::CronScript | PersistKind::InitScript | PersistKind::SystemdUnit
             );
             let mut remedies = Vec::new();
-            let judged = super::Judged::Content(crate::collect::modules::sha256_hex(&f.content));
+            // What the file held when it was read whole; a file read in
+            // part is pinned to nothing, so fix leaves it alone.
+            let judged = super::Judged::Content(f.sha256.clone().unwrap_or_default());
             if whole_file && !strong {
                 // Report only: a whole script or unit is not removed on a weak signal.
             } else if whole_file {

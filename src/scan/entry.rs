@@ -40,8 +40,7 @@ pub(super) fn entry_stage(
     // Login records are read only when they can answer something: a case,
     // or an SSH door whose use they show.
     let logins = (!case.is_empty() || root_pw).then(|| collect::entry::logins::read(host, now));
-    let sha = |b: &[u8]| Some(collect::modules::sha256_hex(b));
-    let out = detect::entry::findings(&doors, persist, logins.as_ref(), &snap.users, &sha);
+    let out = detect::entry::findings(&doors, persist, logins.as_ref(), &snap.users);
     let mut report = entry::EntryReport::default();
     let mut notes: Vec<String> = doors
         .notes
