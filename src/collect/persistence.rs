@@ -128,8 +128,9 @@ fn read_text(
     if nuls > 0 && nuls < NUL_RUN {
         out.extend(std::iter::repeat_n(0u8, nuls));
     }
-    // At the end of the file only if one more read says so.
-    if !ended && read < MAX_FILE {
+    // At the end of the file only if one more read says so (a file of
+    // exactly MAX_FILE bytes is whole).
+    if !ended {
         ended = matches!(rustix::io::read(&fd, &mut buf[..1]), Ok(0));
     }
     let cut = out.len() > *budget;
