@@ -101,6 +101,8 @@ pub struct Metrics {
     pub hidden: Gauge,
     pub scan_duration: Histogram,
     pub last_scan: Gauge<f64, AtomicU64>,
+    /// How long the scan running now has run (the longer of the two lanes).
+    pub scan_running: Gauge<f64, AtomicU64>,
     /// Label sets ever set, so that a cleared one goes back to 0.
     known: Arc<Mutex<Vec<FindingLabels>>>,
 }
@@ -124,6 +126,7 @@ impl Metrics {
             // one with the module walk several.
             scan_duration: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             last_scan: Gauge::default(),
+            scan_running: Gauge::default(),
             known: Arc::default(),
         };
         r.register(
@@ -155,6 +158,11 @@ impl Metrics {
             "quarry_last_scan_timestamp_seconds",
             "Unix time of the last full scan",
             m.last_scan.clone(),
+        );
+        r.register(
+            "quarry_scan_running_seconds",
+            "How long the scan running now has run (0: none runs)",
+            m.scan_running.clone(),
         );
         r.register(
             "quarry_build",
@@ -408,6 +416,7 @@ mod tests {
             "quarry_hidden_processes",
             "quarry_scan_duration_seconds_bucket",
             "quarry_last_scan_timestamp_seconds",
+            "quarry_scan_running_seconds",
             "quarry_build_info{version=",
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");

@@ -483,6 +483,12 @@ pub fn run<W: Write>(
             }
         };
         metrics.cpu_busy.set(t.busy);
+        metrics.scan_running.set(
+            lanes
+                .running(false)
+                .max(lanes.running(true))
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         metrics.cpu_unexplained.set(t.unexplained);
         let busy = t.busy * 100.0 >= opts.cpu_threshold;
         if busy != abnormal {
