@@ -265,21 +265,7 @@ fn watch_reports_a_miner_beside_a_fuse_trap() {
     let Some(mut trap) = Trap::set() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut w = command()
-        .args([
-            "watch",
-            "--interval",
-            "0.5",
-            "--scan-interval",
-            "0.5",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
+    let mut w = watch_command(free_port())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -36,18 +36,8 @@ impl Drop for Watch {
 /// Starts `quarry watch` serving metrics on `port` (the same port across a
 /// restart, as a scrape target stays the same).
 fn start_watch(port: u16) -> Watch {
-    let mut child = common::command()
-        .args([
-            "watch",
-            "--interval",
-            "0.5",
-            "--scan-interval",
-            "0.5",
-            "--recheck",
-            "2",
-            "--metrics-addr",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
+    let mut child = common::watch_command(port)
+        .args(["--recheck", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -102,21 +92,22 @@ fn wait_event(
     }
 }
 
+/// Asserts a checker program succeeded, with what it printed.
+fn assert_ran(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn http_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
-}
-
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Debian's prometheus scraping `target` every second, if installed.
@@ -242,12 +233,7 @@ fn watch_reports_a_miner_once_clears_it_and_feeds_prometheus() {
             .write_all(body.as_bytes())
             .unwrap();
         let out = lint.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ran(&out, "promtool check metrics");
     }
 
     // A miner appears.
@@ -278,23 +264,14 @@ fn watch_reports_a_miner_once_clears_it_and_feeds_prometheus() {
             )
             .output()
             .unwrap();
-        assert!(
-            rules.status.success(),
-            "{}",
-            String::from_utf8_lossy(&rules.stdout)
-        );
+        assert_ran(&rules, "promtool check rules");
         // Each alert fires on what it is for and stays quiet otherwise.
         let unit = Command::new("promtool")
             .args(["test", "rules", "quarry-alerts.test.yml"])
             .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus"))
             .output()
             .unwrap();
-        assert!(
-            unit.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&unit.stdout),
-            String::from_utf8_lossy(&unit.stderr)
-        );
+        assert_ran(&unit, "promtool test rules");
     }
 
     // A restart with the miner still running: no second finding. The scan
@@ -409,10 +386,5 @@ fn man_page_completions_and_unit() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(
-        v.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
+    assert_ran(&v, "systemd-analyze verify");
 }

@@ -138,11 +138,11 @@ fn read_text(
     out.shrink_to_fit();
     *budget -= out.len();
     let whole = ended && !cut;
-    Ok((out, whole.then(|| hex(&hash.finalize())), cut))
-}
-
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    Ok((
+        out,
+        whole.then(|| super::modules::hex(&hash.finalize())),
+        cut,
+    ))
 }
 
 /// Collects every start-up file, and says when [`MAX_TOTAL`] cut their text.

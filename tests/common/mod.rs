@@ -461,6 +461,25 @@ pub fn command() -> Command {
     c
 }
 
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `quarry watch` ticking and scanning every 0.5 s, serving metrics on
+/// 127.0.0.1:`port`.
+pub fn watch_command(port: u16) -> Command {
+    let mut c = command();
+    c.args(["watch", "--interval", "0.5", "--scan-interval", "0.5"])
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{port}"));
+    c
+}
+
 /// Runs `quarry scan --format json` with extra arguments.
 pub fn scan(args: &[&str]) -> Scan {
     let out = command()
