@@ -86,6 +86,10 @@ struct FixArgs {
     /// YARA rule files or folders of .yar/.yara files (repeatable), added to the built-in content signatures.
     #[arg(long = "yara", value_name = "FILE|DIR")]
     yara: Vec<PathBuf>,
+    /// Deadline of the scan fix acts on, in seconds (0: none); what it did
+    /// not finish is said, and fix acts only on what was judged.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_timeout)]
+    timeout: f64,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -199,6 +203,10 @@ struct ScanArgs {
     /// YARA rule files or folders of .yar/.yara files (repeatable), added to the built-in content signatures.
     #[arg(long = "yara", value_name = "FILE|DIR")]
     yara: Vec<PathBuf>,
+    /// Whole-scan deadline in seconds (0: none). Stages not begun by then are
+    /// skipped and the report says what was not finished.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_timeout)]
+    timeout: f64,
     /// Also read the rootkit views when nothing points at a rootkit: ask the
     /// kernel's PID allocator about every PID no view explains (clone3
     /// set_tid; about 4 µs per PID) and read the scheduler's task list.
@@ -255,6 +263,9 @@ fn cmd_watch(a: &WatchArgs) -> anyhow::Result<u8> {
         min_severity: a.min_severity,
         scan: ScanOptions {
             signatures: user_signatures(&a.yara)?,
+            // Nobody waits on watch's scans, but a stuck one must end:
+            // well inside the QuarryScanStuck alert's 10 minutes.
+            timeout: Some(Duration::from_secs(300)),
             ..ScanOptions::default()
         },
     };
@@ -270,6 +281,22 @@ fn cmd_watch(a: &WatchArgs) -> anyhow::Result<u8> {
         std::io::stdout().lock(),
     )?;
     Ok(0)
+}
+
+/// A `--timeout` in seconds: 0 (none) up to a day.
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&v) {
+        return Err("must be between 0 (no deadline) and 86400 seconds".into());
+    }
+    Ok(v)
+}
+
+/// The scan deadline a `--timeout` asks for.
+fn timeout(secs: f64) -> Option<Duration> {
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
@@ -348,6 +375,7 @@ fn cmd_scan(a: ScanArgs) -> anyhow::Result<u8> {
         },
         signatures: user_signatures(&a.yara)?,
         deep: a.deep,
+        timeout: timeout(a.timeout),
         ..ScanOptions::default()
     };
     let report = scan::run(&host, &rules, &opts)?;
@@ -411,6 +439,7 @@ fn cmd_fix(a: FixArgs) -> anyhow::Result<u8> {
         interval: Duration::from_secs_f64(a.interval),
         pin_files: true,
         signatures: user_signatures(&a.yara)?,
+        timeout: timeout(a.timeout),
         ..ScanOptions::default()
     };
     let (report, snap) = scan::run_full(&host, &rules, &opts)?;

@@ -248,9 +248,27 @@ pub fn write_text(out: &mut dyn Write, r: &Report, color: bool) -> io::Result<()
                 -a.unexplained_percent
             )
         };
+        let short = if a.short_lived.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "tasks that lived and ended within the sample {:.1}% ({}), ",
+                a.short_lived_percent,
+                a.short_lived
+                    .iter()
+                    .map(|x| {
+                        let parent = x.parent.as_ref().map_or(String::new(), |(pid, name)| {
+                            format!(", parent PID {pid} \"{name}\"")
+                        });
+                        format!("cgroup {}{parent}", crate::escape::escape_str(&x.cgroup))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        };
         let _ = writeln!(
             s,
-            "{} the kernel counted {:.1}% of all CPUs busy in processes; visible processes explain {:.1}%, hidden processes Quarry found {:.1}%, {rest} (alarm at {:.1}%){}",
+            "{} the kernel counted {:.1}% of all CPUs busy in processes; visible processes explain {:.1}%, hidden processes Quarry found {:.1}%, {short}{rest} (alarm at {:.1}%){}",
             st.bold("CPU accounting:"),
             a.kernel_busy_percent,
             a.visible_percent,

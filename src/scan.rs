@@ -82,6 +82,81 @@ pub struct ScanOptions {
     /// Read the rootkit views (the PID allocator over the whole range, the
     /// scheduler's task list) even when nothing points at a rootkit.
     pub deep: bool,
+    /// The whole scan's deadline, from its start (`--timeout`): stages not
+    /// begun by then are skipped, the PID-allocator probe and the module walk
+    /// stop at it, and the report says what was not finished. `None`: none.
+    pub timeout: Option<Duration>,
+}
+
+/// The default `--timeout` of `quarry scan` and `quarry fix`: a person is
+/// waiting. A default scan takes the sample plus well under a second here;
+/// the worst cases measured (a cold walk of two kernel trees on a machine at
+/// 100 %, the PID-allocator probe at pid_max 4,194,304 on a busy machine:
+/// 25-190 s) are what it bounds.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A scan's deadline, and the stages it cut.
+#[derive(Debug, Default)]
+pub struct Deadline {
+    at: Option<Instant>,
+    timeout: Option<Duration>,
+    unfinished: std::sync::Mutex<Vec<String>>,
+}
+
+impl Deadline {
+    pub fn new(timeout: Option<Duration>) -> Deadline {
+        Deadline {
+            at: timeout.map(|t| Instant::now() + t),
+            timeout,
+            unfinished: Default::default(),
+        }
+    }
+
+    /// When it falls, if there is one.
+    pub fn at(&self) -> Option<Instant> {
+        self.at
+    }
+
+    /// Time left (`None`: no deadline).
+    pub fn left(&self) -> Option<Duration> {
+        self.at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// True once it has passed.
+    pub fn passed(&self) -> bool {
+        self.at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// True (and `what` is recorded as not finished) once it has passed.
+    pub fn skip(&self, what: &str) -> bool {
+        let late = self.passed();
+        if late {
+            self.cut(what);
+        }
+        late
+    }
+
+    /// Records `what` as cut short by the deadline.
+    pub fn cut(&self, what: &str) {
+        let mut u = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
+        if !u.iter().any(|x| x == what) {
+            u.push(what.to_string());
+        }
+    }
+
+    /// The limitation line, when something was cut.
+    pub fn limitation(&self) -> Option<String> {
+        let u = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
+        if u.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "the scan reached its --timeout of {} s and reports what it saw; not finished: {} (run again with a longer --timeout, or --timeout 0 for none)",
+            self.timeout.map_or(0, |t| t.as_secs()),
+            u.join("; ")
+        ))
+    }
 }
 
 impl Default for ScanOptions {
@@ -99,6 +174,7 @@ impl Default for ScanOptions {
             pin_files: false,
             signatures: None,
             deep: false,
+            timeout: Some(DEFAULT_TIMEOUT),
         }
     }
 }
@@ -116,6 +192,7 @@ pub fn run_full(
 ) -> std::io::Result<(Report, Snapshot)> {
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let on = |c: Check| opts.checks.contains(&c);
+    let deadline = Deadline::new(opts.timeout);
     let mut limitations = Vec::new();
     // A private procfs sees through mounts over /proc/PID (root only).
     let fresh = if host.is_live() {
@@ -150,6 +227,9 @@ pub fn run_full(
         limits.raise_after = limits
             .raise_after
             .min(opts.interval + Duration::from_millis(100));
+        if let Some(t) = opts.timeout {
+            limits.max_time = limits.max_time.min(t);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let writer = std::thread::spawn(move || {
             let t = Instant::now();
@@ -174,14 +254,22 @@ pub fn run_full(
     let mut hidden = match views {
         Some(views) => {
             let fresh_host = fresh.as_ref().map(|f| f.host());
-            rootkit::hidden_stage(host, fresh_host, views, &snap, &collect_opts, opts, rules)
+            let ctx = rootkit::Ctx {
+                host,
+                fresh_host,
+                collect_opts: &collect_opts,
+                opts,
+                rules,
+                deadline: &deadline,
+            };
+            rootkit::hidden_stage(ctx, views, &snap)
         }
         None => rootkit::HiddenStage::default(),
     };
     findings.append(&mut hidden.findings);
     limitations.append(&mut hidden.limitations);
     let hidden_pids = std::mem::take(&mut hidden.hidden_pids);
-    if on(Check::Preload) {
+    if on(Check::Preload) && !deadline.skip("userland rootkit checks (preload)") {
         let pids: Vec<i32> = snap.processes.keys().copied().collect();
         let pre = collect::preload::collect(host, &pids);
         if pre.env_unreadable > 0 && host.is_live() && snap.host.euid != 0 {
@@ -209,6 +297,9 @@ pub fn run_full(
     if let Some((((files, walk), took), writer)) = walked {
         cache_writer = Some(writer);
         walk_us = took.as_micros() as u64;
+        if walk.truncated.is_some() && deadline.passed() {
+            deadline.cut("the module-file walk");
+        }
         if let Some(t) = &walk.truncated {
             limitations.push(format!(
                 "the module-file walk was cut short ({t}); narrow it with --module-path"
@@ -248,7 +339,7 @@ pub fn run_full(
     }
     // Persistence files are read before the miner verdicts: a start-up line
     // that runs a process's exact executable is part of its verdict.
-    let persist_files = if on(Check::Persistence) {
+    let persist_files = if on(Check::Persistence) && !deadline.skip("start-up entries") {
         let (files, note) = collect::persistence::collect(host, &snap.users);
         limitations.extend(note);
         files
@@ -272,7 +363,14 @@ pub fn run_full(
                         .map_err(|e| std::io::Error::other(e.0))?,
                 ),
             };
-            snap.inspections = collect::inspect::inspect(host, &sigs, &snap, &pids);
+            snap.inspections = collect::inspect::inspect(host, &sigs, &snap, &pids, deadline.at());
+            let skipped = pids.len() - snap.inspections.len().min(pids.len());
+            if skipped > 0 && deadline.passed() {
+                deadline.cut(&format!(
+                    "content and configuration checks of {skipped} of {} selected processes",
+                    pids.len()
+                ));
+            }
             let procs: Vec<detect::persistence::Flagged> = pids
                 .iter()
                 .filter_map(|pid| flagged(host, &snap, *pid, false))
@@ -312,7 +410,7 @@ pub fn run_full(
     }
     let mut entry = None;
     let mut entry_us = 0;
-    if on(Check::Entry) {
+    if on(Check::Entry) && !deadline.skip("how it got in (entry)") {
         let te = Instant::now();
         let (mut more, report, notes) =
             entry::entry_stage(host, &snap, &persist_files, &mut findings);
@@ -360,10 +458,11 @@ pub fn run_full(
         cpu_accounting: hidden.accounting,
         modules: modules_summary,
         entry,
-        limitations: snap
-            .limitations
-            .iter()
-            .cloned()
+        // What the deadline cut comes first: the report is incomplete.
+        limitations: deadline
+            .limitation()
+            .into_iter()
+            .chain(snap.limitations.iter().cloned())
             .chain(limitations)
             .collect(),
         timing,

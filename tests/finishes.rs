@@ -425,3 +425,53 @@ fn a_reader_that_stops_reading_ends_the_output_not_the_verdict() {
     );
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+#[test]
+fn a_scan_ends_at_its_timeout_and_says_what_it_did_not_finish() {
+    sandboxed!("a_scan_ends_at_its_timeout_and_says_what_it_did_not_finish");
+    // A new PID namespace starts at pid_max 4,194,304 (Linux 6.14 on):
+    // --deep asks the allocator about every PID, 25 s and more here.
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if pid_max < 1_000_000 {
+        eprintln!("SKIPPED: pid_max {pid_max} here: the allocator probe is too quick to cut");
+        return;
+    }
+    let t = Instant::now();
+    let s = scan(&[
+        "--only",
+        "hidden,miner",
+        "--deep",
+        "--interval",
+        "0.2",
+        "--timeout",
+        "2",
+    ]);
+    let took = t.elapsed();
+    eprintln!("scan --deep --timeout 2 at pid_max {pid_max}: {took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let first = s.json["limitations"][0].as_str().unwrap_or("").to_string();
+    assert!(
+        first.starts_with("the scan reached its --timeout of 2 s")
+            && first.contains("PID-allocator probe"),
+        "{:#}",
+        s.json["limitations"]
+    );
+    // The report is whole otherwise: the census ran, the verdict is there.
+    assert!(s.json["census"]["listed_processes"].as_u64().unwrap() > 0);
+    assert!(s.code == 0 || s.code == 1, "{}", s.stderr);
+    // Without a deadline nothing is said to be unfinished.
+    let s = scan(&["--only", "hidden", "--interval", "0.2", "--timeout", "0"]);
+    assert!(
+        !s.json["limitations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("--timeout")),
+        "{:#}",
+        s.json["limitations"]
+    );
+}

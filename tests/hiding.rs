@@ -473,3 +473,108 @@ fn snoopy_from_debian_in_ld_so_preload_is_low() {
     assert_eq!(f["severity"], "low", "{f:#}");
     assert!(f["title"].as_str().unwrap().contains("snoopy"), "{f:#}");
 }
+
+/// A cgroup v2 group of the test's own (removed on drop, its processes moved
+/// back to the root first), as systemd makes one per user.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn make(name: &str) -> Option<TestCgroup> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = info.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            post.starts_with("cgroup2 ")
+                .then(|| pre.split(' ').nth(4).map(PathBuf::from))?
+        })?;
+        let dir = mount.join(name);
+        std::fs::create_dir(&dir).ok()?;
+        Some(TestCgroup(dir))
+    }
+
+    fn add(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("join the cgroup");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let root = self.0.parent().unwrap().join("cgroup.procs");
+        for _ in 0..50 {
+            if let Ok(members) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+                for pid in members.split_whitespace() {
+                    let _ = std::fs::write(&root, pid);
+                }
+            }
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_reaped_fork_storm_is_booked_to_its_cgroup_not_to_a_rootkit() {
+    sandboxed_mounts!(
+        "a_reaped_fork_storm_is_booked_to_its_cgroup_not_to_a_rootkit",
+        false
+    );
+    // Children that burn 5 ms each and are reaped by the kernel (SIGCHLD
+    // ignored): their time reaches no parent's counters, about one CPU.
+    let cg = TestCgroup::make("quarry-test-storm.slice");
+    let mut cmd = Command::new(burner());
+    cmd.args(["--reaped-storm", "5"]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 4242);
+    let storm = start(cmd);
+    if let Some(cg) = &cg {
+        cg.add(storm.pid);
+    }
+    let want_cgroup = if cg.is_some() {
+        "/quarry-test-storm.slice"
+    } else {
+        "/"
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut booked = 0;
+    for _ in 0..3 {
+        let s = scan(&["--only", "cpu,hidden"]);
+        let hidden: Vec<_> = s
+            .findings()
+            .iter()
+            .filter(|f| f["rule"].as_str().unwrap().starts_with("hidden."))
+            .collect();
+        assert!(hidden.is_empty(), "a fork storm called hidden: {hidden:#?}");
+        // No rootkit pointed at: the PID allocator is not asked.
+        assert!(
+            s.json["census"]["allocator"].is_null(),
+            "{:#}",
+            s.json["census"]
+        );
+        let acc = &s.json["cpu_accounting"];
+        let Some(f) = s.findings().iter().find(|f| f["rule"] == "cpu.short-lived") else {
+            eprintln!("no cpu.short-lived this time: {acc:#}");
+            continue;
+        };
+        assert_eq!(f["subject"]["pid"], storm.pid, "{f:#}");
+        assert!(f["title"].as_str().unwrap().contains(want_cgroup), "{f:#}");
+        let booked_to = acc["short_lived"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cgroup"] == want_cgroup)
+            .unwrap_or_else(|| panic!("{acc:#}"));
+        assert!(booked_to["percent"].as_f64().unwrap() >= 10.0, "{acc:#}");
+        assert!(booked_to["new_tasks"].as_u64().unwrap() >= 1, "{acc:#}");
+        // Swept for a hidden task behind the storm.
+        assert!(
+            s.json["census"]["probed"].as_bool().unwrap(),
+            "{:#}",
+            s.json["census"]
+        );
+        booked += 1;
+    }
+    assert!(
+        booked >= 2,
+        "the storm's CPU was booked in {booked} of 3 scans"
+    );
+}

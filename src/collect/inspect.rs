@@ -168,6 +168,7 @@ pub fn inspect(
     sigs: &Signatures,
     snap: &super::Snapshot,
     pids: &[i32],
+    deadline: Option<std::time::Instant>,
 ) -> HashMap<i32, Inspection> {
     let mut out = HashMap::new();
     let mut packages: Option<super::packages::Packages> = None;
@@ -179,6 +180,11 @@ pub fn inspect(
     // Executables shared by several processes are matched once.
     let mut exe_cache: HashMap<(u64, u64, u64), ExeResult> = HashMap::new();
     for pid in pids {
+        // The scan's deadline: the processes not reached are named by the
+        // scan as not inspected.
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
         let Some(p) = snap.processes.get(pid) else {
             continue;
         };

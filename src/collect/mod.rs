@@ -6,6 +6,7 @@
 
 pub mod bpf;
 pub mod census;
+pub mod cgroup_cpu;
 pub mod cpu;
 pub mod diag;
 pub mod entry;
@@ -99,6 +100,9 @@ pub struct Snapshot {
     pub users: Users,
     /// Root cgroup CPU usage (ns) at both readings, and the file it came from.
     pub cgroup_usage: Option<(u64, u64, String)>,
+    /// Cgroups whose own time over the interval exceeds their visible
+    /// processes' ([`cgroup_cpu::busy`]): where exited tasks' time went.
+    pub cgroup_cpu: Vec<cgroup_cpu::Busy>,
     /// Things Quarry could not see, in plain words.
     pub limitations: Vec<String>,
     pub timing: Timing,
@@ -126,6 +130,12 @@ fn us(d: Duration) -> u64 {
 pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
     let t0 = Instant::now();
     let cg0 = cpu::root_cgroup_usage_ns(host);
+    // Every cgroup's time, for CPU of tasks gone within the sample.
+    let cgroups0 = if host.is_live() {
+        cgroup_cpu::Reading::take(host)
+    } else {
+        cgroup_cpu::Reading::default()
+    };
     let stat0 = cpu::read_stat(host)?;
     let s0 = Instant::now();
     let pids0 = host.list_pids("/proc")?;
@@ -145,6 +155,7 @@ pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
     let t1 = Instant::now();
     let stat1 = cpu::read_stat(host)?;
     let elapsed = s0.elapsed();
+    let cgroups1 = cgroups0.again(host);
     let cg1 = cpu::root_cgroup_usage_ns(host);
     let cgroup_usage = match (cg0, cg1) {
         (Some((a, f)), Some((b, _))) => Some((a, b, f)),
@@ -190,6 +201,9 @@ pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
         processes.insert(pid, p);
     }
 
+    let cgroup_cpu = cgroup_cpu::busy(
+        host, &cgroups0, &cgroups1, elapsed, &first, &processes, ticks,
+    );
     let sockets = net::read_tcp_all_namespaces(host, &pids1);
     let wanted: HashSet<u64> = sockets
         .iter()
@@ -230,6 +244,7 @@ pub fn sample(host: &Host, opts: &Options) -> std::io::Result<Snapshot> {
         socket_owners,
         users,
         cgroup_usage,
+        cgroup_cpu,
         limitations,
         timing: Timing {
             first_pass_us: us(first_pass),

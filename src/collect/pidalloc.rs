@@ -37,6 +37,8 @@ pub struct Answer {
     /// Quarry's own helper processes (held while they ran: not hidden).
     pub helpers: Vec<i32>,
     pub took: Duration,
+    /// The deadline stopped the helpers before they had asked about every PID.
+    pub cut: bool,
 }
 
 // Outcome codes written by the helper, one byte per PID.
@@ -68,7 +70,11 @@ struct CloneArgs {
 /// Asks the allocator about each PID (all in Quarry's own PID namespace),
 /// split over `workers` helpers. Needs root (CAP_SYS_ADMIN or
 /// CAP_CHECKPOINT_RESTORE for `set_tid`), x86-64 and Linux ≥ 5.5.
-pub fn probe(pids: &[i32], workers: usize) -> Result<Answer, NotApplicable> {
+pub fn probe(
+    pids: &[i32],
+    workers: usize,
+    deadline: Option<Instant>,
+) -> Result<Answer, NotApplicable> {
     let t0 = Instant::now();
     if pids.is_empty() {
         return Ok(Answer::default());
@@ -101,13 +107,10 @@ pub fn probe(pids: &[i32], workers: usize) -> Result<Answer, NotApplicable> {
         }
         children.push(child);
     }
-    for &c in &children {
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(c, &mut status, 0) };
-    }
+    let cut = wait_helpers(&children, deadline);
     let mut a = Answer {
         helpers: children,
+        cut,
         ..Answer::default()
     };
     let bytes = codes.as_slice();
@@ -120,7 +123,7 @@ pub fn probe(pids: &[i32], workers: usize) -> Result<Answer, NotApplicable> {
             NO_CLONE3 => refused = Some("clone3() is not available (ENOSYS: kernel before 5.3, or a seccomp filter)"),
             DENIED => refused = Some("clone3() with set_tid was refused (EPERM: needs CAP_SYS_ADMIN in this PID namespace's user namespace)"),
             OTHER => refused = Some("clone3() with set_tid gave an unexpected error (kernel before 5.5?)"),
-            UNASKED => refused = Some("a PID-allocator helper did not finish"),
+            UNASKED if !cut => refused = Some("a PID-allocator helper did not finish"),
             _ => {}
         }
         if code != UNASKED {
@@ -134,6 +137,38 @@ pub fn probe(pids: &[i32], workers: usize) -> Result<Answer, NotApplicable> {
     }
     a.took = t0.elapsed();
     Ok(a)
+}
+
+/// Waits for the helpers; at the deadline, kills the ones still asking
+/// (their PIDs not reached stay unasked). True when some were killed.
+fn wait_helpers(children: &[i32], deadline: Option<Instant>) -> bool {
+    let mut left: Vec<i32> = children.to_vec();
+    let mut cut = false;
+    while !left.is_empty() {
+        left.retain(|&c| {
+            let mut status = 0;
+            let flags = if deadline.is_some() { libc::WNOHANG } else { 0 };
+            // SAFETY: waiting for our own child; `status` is a valid int.
+            let r = unsafe { libc::waitpid(c, &mut status, flags) };
+            r == 0
+        });
+        if left.is_empty() {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            for &c in &left {
+                // SAFETY: our own child, not yet waited for (its PID is ours).
+                unsafe { libc::kill(c, libc::SIGKILL) };
+                let mut status = 0;
+                // SAFETY: as above.
+                unsafe { libc::waitpid(c, &mut status, 0) };
+            }
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cut
 }
 
 /// The forked helper: fills its descriptor table, then asks about each PID.
@@ -297,7 +332,7 @@ mod tests {
             .rev()
             .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
             .unwrap();
-        match probe(&[1, me, free], 2) {
+        match probe(&[1, me, free], 2, None) {
             Ok(a) => {
                 assert_eq!(a.probed, 3);
                 assert_eq!(a.created, 0, "a child was created");
@@ -326,7 +361,7 @@ mod cost {
             .unwrap();
         let pids: Vec<i32> = (2..pid_max).collect();
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let a = super::probe(&pids, workers).unwrap();
+        let a = super::probe(&pids, workers, None).unwrap();
         println!(
             "pid_max {pid_max}: {} probed, {} held, {} created, {:.1} ms ({:.2} µs per PID)",
             a.probed,

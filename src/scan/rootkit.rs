@@ -34,16 +34,32 @@ pub(super) struct HiddenStage {
     pub census_us: u64,
 }
 
+/// What the stage reads with and judges by.
+#[derive(Clone, Copy)]
+pub(super) struct Ctx<'a> {
+    pub host: &'a Host,
+    /// The private procfs, where one could be mounted.
+    pub fresh_host: Option<&'a Host>,
+    pub collect_opts: &'a collect::Options,
+    pub opts: &'a ScanOptions,
+    pub rules: &'a Rules,
+    pub deadline: &'a super::Deadline,
+}
+
 /// Judges the views (joined from their thread) against the CPU sample.
 pub(super) fn hidden_stage(
-    host: &Host,
-    fresh_host: Option<&Host>,
+    ctx: Ctx<'_>,
     views: JoinHandle<RootkitViews>,
     snap: &Snapshot,
-    collect_opts: &collect::Options,
-    opts: &ScanOptions,
-    rules: &Rules,
 ) -> HiddenStage {
+    let Ctx {
+        host,
+        fresh_host,
+        collect_opts,
+        opts,
+        rules,
+        deadline,
+    } = ctx;
     let mut out = HiddenStage::default();
     let tc = Instant::now();
     let live = host.is_live();
@@ -86,6 +102,12 @@ pub(super) fn hidden_stage(
     let sweep = match pointed {
         Some(why) => collect::census::Sweep::Forced(why.into()),
         None if nested => collect::census::Sweep::OnlyForced,
+        // CPU booked to a fork storm's tasks: a hidden task in the same
+        // cgroup would hide behind it, so its PIDs are swept (not the
+        // allocator: a storm is no sign of a rootkit).
+        None if !acc.short_lived.is_empty() => {
+            collect::census::Sweep::Forced("CPU booked to short-lived tasks".into())
+        }
         None => collect::census::Sweep::IfCountsDisagree,
     };
     let census = collect::census::take(host, fresh_host, sweep);
@@ -108,39 +130,54 @@ pub(super) fn hidden_stage(
     let mut extra = detect::hidden::ExtraViews::default();
     let mut allocator = None;
     let tdeep = Instant::now();
-    if let (Some(reason), true) = (reason, live) {
+    let allocator_due = reason.is_some() && live;
+    if allocator_due && deadline.skip("the PID-allocator probe") {
+        out.limitations.push(format!(
+            "the PID allocator was not asked ({}): the scan's deadline had passed",
+            reason.unwrap_or_default()
+        ));
+    } else if let (Some(reason), true) = (reason, live) {
         extra.sched = collect::sched::read(host, debugfs.as_ref()).ok();
         let explained = detect::hidden::allocator_explained(&census, snap);
         let pids: Vec<i32> = (1..census.pid_max)
             .filter(|p| !explained.contains(p))
             .collect();
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        allocator = Some(match collect::pidalloc::probe(&pids, workers) {
-            Ok(a) => {
-                extra.allocator_usable = true;
-                extra.allocator_held = a.held.clone();
-                AllocatorSummary {
-                    reason: reason.into(),
-                    probed: a.probed,
-                    held_unexplained: a.held.len(),
-                    ms: a.took.as_secs_f64() * 1e3,
-                    not_applicable: None,
+        allocator = Some(
+            match collect::pidalloc::probe(&pids, workers, deadline.at()) {
+                Ok(a) => {
+                    if a.cut {
+                        deadline.cut(&format!(
+                            "the PID-allocator probe ({} of {} PIDs asked)",
+                            a.probed,
+                            pids.len()
+                        ));
+                    }
+                    extra.allocator_usable = true;
+                    extra.allocator_held = a.held.clone();
+                    AllocatorSummary {
+                        reason: reason.into(),
+                        probed: a.probed,
+                        held_unexplained: a.held.len(),
+                        ms: a.took.as_secs_f64() * 1e3,
+                        not_applicable: None,
+                    }
                 }
-            }
-            Err(e) => {
-                out.limitations.push(format!(
+                Err(e) => {
+                    out.limitations.push(format!(
                     "the PID allocator could not be asked ({}): a task hidden from every list and lookup is found only through the CPU it uses",
                     e.0
                 ));
-                AllocatorSummary {
-                    reason: reason.into(),
-                    probed: 0,
-                    held_unexplained: 0,
-                    ms: 0.0,
-                    not_applicable: Some(e.0),
+                    AllocatorSummary {
+                        reason: reason.into(),
+                        probed: 0,
+                        held_unexplained: 0,
+                        ms: 0.0,
+                        not_applicable: Some(e.0),
+                    }
                 }
-            }
-        });
+            },
+        );
     }
     out.deep_us = tdeep.elapsed().as_micros() as u64;
     let mut hidden = detect::hidden::find(host, fresh_host, &census, snap, &extra);
@@ -162,7 +199,10 @@ pub(super) fn hidden_stage(
     );
     // A second, shorter sample: confirms unexplained CPU, and measures
     // what the hidden processes found use over it.
-    let confirm = !nested && acc.is_large() && big_enough;
+    let confirm = !nested
+        && acc.is_large()
+        && big_enough
+        && !deadline.skip("the second sample confirming unexplained CPU");
     if live && (confirm || !hidden.is_empty()) {
         let mut o = collect_opts.clone();
         o.interval = opts
@@ -203,6 +243,10 @@ pub(super) fn hidden_stage(
                     .extend(detect::hidden::cpu_finding(&acc, &acc2, &hidden));
             }
         }
+    }
+    if !nested {
+        out.findings
+            .extend(detect::hidden::short_lived_finding(&acc));
     }
     out.findings
         .extend(detect::hidden::findings(&hidden, snap, rules));

@@ -3,7 +3,13 @@
  * to a fake pool on 127.0.0.1. It prints "ready" when set up.
  *
  *   burner [--name NAME] [--memfd NAME] [--connect PORT] [--idle] [--fork-storm N]
- *          [--thread-storm N] [--listen PORT] [--regions N] [ignored args...]
+ *          [--thread-storm N] [--listen PORT] [--regions N] [--reaped-storm MS]
+ *          [ignored args...]
+ *
+ * --reaped-storm MS ignores SIGCHLD (the kernel reaps its children, so their
+ * time reaches no parent's counters) and starts a child every MS
+ * milliseconds that burns MS milliseconds of CPU and exits: a fork loop
+ * whose CPU only /proc/stat and its cgroup keep.
  *
  * --regions N maps N separate one-page private regions (each written, so it
  * is resident; a no-access page between each keeps the kernel from merging
@@ -25,6 +31,8 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <time.h>
 
 extern char **environ;
 
@@ -54,7 +62,7 @@ static void *short_thread(void *arg) { return arg; }
 
 int main(int argc, char **argv) {
     const char *name = NULL, *memfd = NULL;
-    int port = 0, idle = 0, storm = 0, tstorm = 0, listen_port = 0, regions = 0;
+    int port = 0, idle = 0, storm = 0, tstorm = 0, listen_port = 0, regions = 0, reaped = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--name") == 0 && i + 1 < argc) name = argv[++i];
         else if (strcmp(argv[i], "--memfd") == 0 && i + 1 < argc) memfd = argv[++i];
@@ -64,6 +72,7 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--fork-storm") == 0 && i + 1 < argc) storm = atoi(argv[++i]);
         else if (strcmp(argv[i], "--thread-storm") == 0 && i + 1 < argc) tstorm = atoi(argv[++i]);
         else if (strcmp(argv[i], "--regions") == 0 && i + 1 < argc) regions = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--reaped-storm") == 0 && i + 1 < argc) reaped = atoi(argv[++i]);
     }
     for (int i = 0; i < regions; i++) {
         long pg = sysconf(_SC_PAGESIZE);
@@ -115,6 +124,23 @@ int main(int argc, char **argv) {
         for (;;) {
             for (int i = 0; i < tstorm; i++) pthread_create(&t[i], NULL, short_thread, NULL);
             for (int i = 0; i < tstorm; i++) pthread_join(t[i], NULL);
+        }
+    }
+    if (reaped > 0) {
+        signal(SIGCHLD, SIG_IGN);
+        for (;;) {
+            pid_t p = fork();
+            if (p == 0) {
+                struct timespec t0, t;
+                clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+                volatile unsigned long x = 0;
+                do {
+                    for (int k = 0; k < 10000; k++) x++;
+                    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+                } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < reaped);
+                _exit(0);
+            }
+            usleep(reaped * 1000);
         }
     }
     if (storm) {
