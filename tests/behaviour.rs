@@ -465,3 +465,51 @@ fn miner_in_its_own_namespaces_is_shown_with_them() {
         );
     }
 }
+
+/// Issue 21 item 5: load never decides what is inspected or walked. Two
+/// burners peg both CPUs; a renamed miner imitation (its config beside it,
+/// no restarters) gets what CPU is left. The full default scan finds it HIGH
+/// and the module walk completes, with a cold cache (the sandbox's is empty)
+/// and then a warm one.
+#[test]
+fn renamed_miner_on_a_machine_two_burners_peg_is_high_cold_and_warm() {
+    sandboxed!("renamed_miner_on_a_machine_two_burners_peg_is_high_cold_and_warm");
+    const EXE: &str = "/usr/local/bin/cloud-agent";
+    let port = fake_pool();
+    std::fs::create_dir_all("/usr/local/bin").unwrap();
+    std::fs::write("/usr/local/bin/config.json", config(port)).unwrap();
+    std::fs::copy(fakeminer(), EXE).unwrap();
+    std::fs::set_permissions(EXE, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _burners: Vec<ProcGuard> = (0..2).map(|_| start(Command::new(burner()))).collect();
+    let miner = start(Command::new(EXE));
+    std::thread::sleep(Duration::from_millis(500));
+    for cache in ["cold", "warm"] {
+        let t = Instant::now();
+        let s = scan(&[]);
+        eprintln!("{cache} cache, both CPUs pegged: {:?}", t.elapsed());
+        let f = s
+            .miner(miner.pid)
+            .unwrap_or_else(|| panic!("{cache}: no finding for the renamed miner:\n{:#}", s.json));
+        assert_eq!(f["severity"], "high", "{cache}: {f:#}");
+        let ids = s.signal_ids(miner.pid);
+        assert!(ids.iter().any(|i| i == "miner-config"), "{cache}: {ids:?}");
+        let walk = &s.json["modules"]["walk"];
+        assert!(walk["truncated"].is_null(), "{cache}: walk cut: {walk:#}");
+        assert!(
+            !s.json["limitations"].as_array().unwrap().iter().any(|l| l
+                .as_str()
+                .unwrap()
+                .contains("cut short")
+                || l.as_str().unwrap().contains("--timeout")),
+            "{cache}: {:#}",
+            s.json["limitations"]
+        );
+        // The burners are busy, not miners.
+        for b in &_burners {
+            assert!(
+                s.miner(b.pid).is_none_or(|f| f["severity"] != "high"),
+                "{cache}: a burner called a miner"
+            );
+        }
+    }
+}

@@ -475,3 +475,70 @@ fn a_scan_ends_at_its_timeout_and_says_what_it_did_not_finish() {
         s.json["limitations"]
     );
 }
+
+#[test]
+fn watch_reports_a_miner_beside_a_reaped_fork_storm() {
+    // The host's PID namespace: in a namespace of its own the storm's CPU
+    // would not be compared at all.
+    sandboxed_mounts!("watch_reports_a_miner_beside_a_reaped_fork_storm", false);
+    let mut cmd = Command::new(burner());
+    cmd.args(["--reaped-storm", "5"]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 4242);
+    let _storm = start(cmd);
+    let mut w = watch_command(free_port())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let out = w.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait = |within: Duration, want: &dyn Fn(&Value) -> bool| {
+        let end = Instant::now() + within;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(v) if want(&v) => return Some(v),
+                Ok(v) => seen.push(v),
+                Err(_) => break,
+            }
+        }
+        None
+    };
+    let first = wait(Duration::from_secs(60), &|v| v["event"] == "scan");
+    assert!(first.is_some(), "no first scan beside the storm");
+    let started = Instant::now();
+    let plain = plain_miner("/tmp/quarry-plain");
+    let f = wait(Duration::from_secs(30), &|v| {
+        v["event"] == "finding" && v["finding"]["subject"]["pid"] == plain.pid
+    });
+    let latency = started.elapsed();
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(
+        f.is_some(),
+        "watch did not report the miner beside the storm"
+    );
+    eprintln!("watch: a miner beside a reaped fork storm reported after {latency:?}");
+    // Two ticks of 0.5 s and the scan they start, with room for a busy
+    // machine (a deadline, not a timing).
+    assert!(latency < Duration::from_secs(10), "{latency:?}");
+    let hidden: Vec<&Value> = seen
+        .iter()
+        .filter(|v| {
+            v["event"] == "finding"
+                && v["finding"]["rule"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("hidden."))
+        })
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:#?}");
+}
