@@ -54,12 +54,104 @@ pub const DIAG_MAX_SOCKETS: usize = 200_000;
 /// forced.
 #[derive(Debug, Clone)]
 pub enum Sweep {
-    /// Run it, for this reason.
-    Forced(String),
+    /// Run it, for this reason, over this much of the PID space.
+    Forced(String, Reach),
     /// Run it if the counts disagree.
     IfCountsDisagree,
     /// Run it only if forced: the counts do not describe this namespace.
     OnlyForced,
+}
+
+/// How much of the PID space a sweep covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The PIDs the kernel can have handed out ([`PidSpace`]).
+    InUse,
+    /// 1 to pid_max.
+    Whole,
+}
+
+/// `RESERVED_PIDS` of kernel/pid.c: where the PID counter starts again
+/// when it wraps at pid_max.
+pub const RESERVED_PIDS: u64 = 300;
+
+/// PIDs above the highest one handed out that a sweep still covers: tasks
+/// created between that reading and the sweep.
+pub const PID_SLACK: i32 = 4096;
+
+/// The part of the PID space that can be in use.
+///
+/// The kernel hands out PIDs cyclically (`idr_alloc_cyclic` in
+/// kernel/pid.c): each new task takes the next free PID after the last one
+/// handed out (`/proc/sys/kernel/ns_last_pid`), and only at pid_max does it
+/// wrap back to [`RESERVED_PIDS`]. While fewer tasks were created since boot
+/// (`/proc/stat` `processes`, every thread included) than pid_max less
+/// those, the counter cannot have wrapped, so no PID above the last one is
+/// in use: a sweep up to it (plus [`PID_SLACK`]) covers every task.
+///
+/// What defeats it: a process with CAP_SYS_ADMIN over the namespace can
+/// choose a PID (`clone3` with `set_tid`) or move the counter (a write to
+/// `ns_last_pid`, as CRIU does) and move it back. Legitimate such processes
+/// are listed (the highest PID any view shows raises the bound); a hidden
+/// one placed high by root is beyond the in-use sweep, and is left to the
+/// whole-range sweep (`--deep`, a kernel hook, CPU no task accounts for)
+/// and the PID-allocator probe, which asks about the rest of the range when
+/// the in-use part held nothing.
+#[derive(Debug, Clone, Default)]
+pub struct PidSpace {
+    /// Highest PID that can be in use (inclusive).
+    pub upto: i32,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl PidSpace {
+    /// From the census's views and the kernel's counters.
+    fn of(host: &Host, c: &Census) -> PidSpace {
+        let pid_max = c.pid_max.clamp(1, PID_MAX_LIMIT);
+        let last: Option<i32> = host
+            .read_text("/proc/sys/kernel/ns_last_pid")
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let created = tasks_created(host);
+        let highest = c
+            .listed
+            .iter()
+            .chain(c.tasks.keys())
+            .chain(c.children.keys())
+            .chain(c.cgroup.keys())
+            .chain(c.fresh_listed.iter().flatten())
+            .copied()
+            .max()
+            .unwrap_or(1);
+        PidSpace::judge(pid_max, last, created, highest)
+    }
+
+    /// The bound from pid_max, the last PID handed out, the tasks created
+    /// since boot and the highest PID any view shows.
+    fn judge(pid_max: i32, last: Option<i32>, created: Option<u64>, highest: i32) -> PidSpace {
+        let whole = |why: String| PidSpace {
+            upto: pid_max,
+            reason: why,
+        };
+        match (last, created) {
+            (Some(last), Some(created)) if created + RESERVED_PIDS < pid_max as u64 => {
+                let upto = last.max(highest).saturating_add(PID_SLACK).min(pid_max);
+                PidSpace {
+                    upto,
+                    reason: format!(
+                        "PIDs 1-{upto}: {created} tasks created since boot, fewer than pid_max {pid_max}, so the PID counter has not wrapped and no PID above the last handed out ({last}) or any view's highest ({highest}) is in use, unless root chose it (clone3 set_tid, ns_last_pid)"
+                    ),
+                }
+            }
+            (Some(_), Some(created)) => whole(format!(
+                "PIDs 1-{pid_max}: {created} tasks created since boot, so the PID counter may have wrapped at pid_max {pid_max}"
+            )),
+            _ => whole(format!(
+                "PIDs 1-{pid_max}: ns_last_pid or /proc/stat could not be read"
+            )),
+        }
+    }
 }
 
 /// The kernel's counts of its tasks around the listing, and the verdict.
@@ -176,6 +268,10 @@ pub struct Census {
     pub counts: Option<TaskCounts>,
     /// Why the sweep ran, or why it did not.
     pub sweep_reason: String,
+    /// The part of the PID space that can be in use.
+    pub pid_space: PidSpace,
+    /// The highest PID the sweep asked about.
+    pub swept_upto: i32,
 }
 
 /// Reads every view. `fresh` is a private procfs view, when available.
@@ -274,7 +370,7 @@ pub fn take(host: &Host, fresh: Option<&Host>, sweep: Sweep) -> Census {
             c.sweep_reason = "not the running machine".into();
             false
         }
-        (Sweep::Forced(why), _) => {
+        (Sweep::Forced(why, _), _) => {
             c.sweep_reason = why.clone();
             true
         }
@@ -297,9 +393,14 @@ pub fn take(host: &Host, fresh: Option<&Host>, sweep: Sweep) -> Census {
     if count {
         c.counts = Some(counts);
     }
+    c.pid_space = PidSpace::of(host, &c);
     if run {
         let t = Instant::now();
-        let (k, g) = probe_all(c.pid_max);
+        c.swept_upto = match sweep {
+            Sweep::Forced(_, Reach::Whole) => c.pid_max,
+            _ => c.pid_space.upto,
+        };
+        let (k, g) = probe_all(c.swept_upto);
         c.probe_kill = k;
         c.probe_getpgid = g;
         c.probed = true;
@@ -583,5 +684,27 @@ mod tests {
         assert_eq!(near(65_535, 65_537), 65_535);
         assert_eq!(near(3, 65_534), 65_539);
         assert_eq!(near(125, 125), 125);
+    }
+
+    #[test]
+    fn the_pid_space_in_use_ends_at_the_counter_until_it_can_have_wrapped() {
+        // A new PID namespace at systemd's pid_max, a few thousand tasks made.
+        let p = PidSpace::judge(4_194_304, Some(1_200), Some(169_000), 900);
+        assert_eq!(p.upto, 1_200 + PID_SLACK);
+        assert!(p.reason.contains("has not wrapped"), "{}", p.reason);
+        // A view's higher PID (CRIU restored it there) raises the bound.
+        let p = PidSpace::judge(4_194_304, Some(1_200), Some(169_000), 2_000_000);
+        assert_eq!(p.upto, 2_000_000 + PID_SLACK);
+        // More tasks made than pid_max less the reserved ones: the whole range.
+        let p = PidSpace::judge(32_768, Some(18_000), Some(32_768 - 300), 18_000);
+        assert_eq!(p.upto, 32_768);
+        assert!(p.reason.contains("may have wrapped"), "{}", p.reason);
+        // Unreadable counters: the whole range.
+        assert_eq!(PidSpace::judge(32_768, None, Some(10), 10).upto, 32_768);
+        // Never past pid_max.
+        assert_eq!(
+            PidSpace::judge(8_192, Some(7_000), Some(7_000), 7_000).upto,
+            8_192
+        );
     }
 }

@@ -49,6 +49,12 @@ pub struct CensusSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_counts: Option<TaskCountsSummary>,
     pub pid_max: i32,
+    /// The part of the PID space that can be in use, and why
+    /// (collect::census::PidSpace): sweeps not pointed at a rootkit, and the
+    /// allocator probe's first pass, stop at `upto`.
+    pub pid_space: PidSpaceSummary,
+    /// The highest PID the sweep asked about (0: no sweep).
+    pub swept_upto: i32,
     pub listed_processes: usize,
     pub threads: usize,
     pub cgroup_hierarchies: Vec<String>,
@@ -80,6 +86,12 @@ pub struct CensusSummary {
     /// BPF programs loaded (bpf() BPF_PROG_GET_NEXT_ID), on the live host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_programs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PidSpaceSummary {
+    pub upto: i32,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

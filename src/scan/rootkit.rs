@@ -6,11 +6,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::ScanOptions;
+use crate::collect::census::Reach;
 use crate::collect::{self, process::Process, Snapshot};
 use crate::detect::{self, Finding};
 use crate::escape::escape;
 use crate::host::{Host, PrivateMount};
-use crate::report::model::{AllocatorSummary, CensusSummary, TaskCountsSummary};
+use crate::report::model::{AllocatorSummary, CensusSummary, PidSpaceSummary, TaskCountsSummary};
 use crate::rules::Rules;
 
 /// What the stage adds to the scan.
@@ -100,13 +101,15 @@ pub(super) fn hidden_stage(
         None
     };
     let sweep = match pointed {
-        Some(why) => collect::census::Sweep::Forced(why.into()),
+        // Pointed at a rootkit: every PID, including any root placed above
+        // the counter (collect::census::PidSpace).
+        Some(why) => collect::census::Sweep::Forced(why.into(), Reach::Whole),
         None if nested => collect::census::Sweep::OnlyForced,
         // CPU booked to a fork storm's tasks: a hidden task in the same
         // cgroup would hide behind it, so its PIDs are swept (not the
         // allocator: a storm is no sign of a rootkit).
         None if !acc.short_lived.is_empty() => {
-            collect::census::Sweep::Forced("CPU booked to short-lived tasks".into())
+            collect::census::Sweep::Forced("CPU booked to short-lived tasks".into(), Reach::InUse)
         }
         None => collect::census::Sweep::IfCountsDisagree,
     };
@@ -130,57 +133,37 @@ pub(super) fn hidden_stage(
     let mut extra = detect::hidden::ExtraViews::default();
     let mut allocator = None;
     let tdeep = Instant::now();
+    let last = census.pid_max.saturating_sub(1);
+    let upto = census.pid_space.upto.min(last);
+    let mut ask_allocator: Option<AllocatorAsk> = None;
     let allocator_due = reason.is_some() && live;
     if allocator_due && deadline.skip("the PID-allocator probe") {
         out.limitations.push(format!(
             "the PID allocator was not asked ({}): the scan's deadline had passed",
             reason.unwrap_or_default()
         ));
-    } else if let (Some(reason), true) = (reason, live) {
+    } else if live && reason.is_some() {
         extra.sched = collect::sched::read(host, debugfs.as_ref()).ok();
-        let explained = detect::hidden::allocator_explained(&census, snap);
-        let pids: Vec<i32> = (1..census.pid_max)
-            .filter(|p| !explained.contains(p))
-            .collect();
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        allocator = Some(
-            match collect::pidalloc::probe(&pids, workers, deadline.at()) {
-                Ok(a) => {
-                    if a.cut {
-                        deadline.cut(&format!(
-                            "the PID-allocator probe ({} of {} PIDs asked)",
-                            a.probed,
-                            pids.len()
-                        ));
-                    }
-                    extra.allocator_usable = true;
-                    extra.allocator_held = a.held.clone();
-                    AllocatorSummary {
-                        reason: reason.into(),
-                        probed: a.probed,
-                        held_unexplained: a.held.len(),
-                        ms: a.took.as_secs_f64() * 1e3,
-                        not_applicable: None,
-                    }
-                }
-                Err(e) => {
-                    out.limitations.push(format!(
-                    "the PID allocator could not be asked ({}): a task hidden from every list and lookup is found only through the CPU it uses",
-                    e.0
-                ));
-                    AllocatorSummary {
-                        reason: reason.into(),
-                        probed: 0,
-                        held_unexplained: 0,
-                        ms: 0.0,
-                        not_applicable: Some(e.0),
-                    }
-                }
-            },
-        );
+        let mut ask =
+            AllocatorAsk::new(detect::hidden::allocator_explained(&census, snap), deadline);
+        // The PIDs that can be in use first (collect::census::PidSpace).
+        ask.range(1, upto);
+        ask.apply(&mut extra);
+        ask_allocator = Some(ask);
     }
-    out.deep_us = tdeep.elapsed().as_micros() as u64;
     let mut hidden = detect::hidden::find(host, fresh_host, &census, snap, &extra);
+    // The rest of the range only with --deep, or when CPU no task accounts
+    // for says something runs hidden and nothing hidden was found yet (a
+    // task root placed above the PID counter). A hook alone is reported as
+    // it is: asking about 4,194,304 PIDs takes 20 s here.
+    let rest_due = opts.deep || (!nested && big_enough && acc.is_large());
+    if let Some(ask) = ask_allocator.as_mut() {
+        if rest_due && hidden.is_empty() && ask.whole() && upto < last {
+            ask.range(upto + 1, last);
+            ask.apply(&mut extra);
+            hidden = detect::hidden::find(host, fresh_host, &census, snap, &extra);
+        }
+    }
     // Tasks every lookup denies: recover them from the scheduler's list.
     if extra.sched.is_none() && live && hidden.iter().any(|h| h.process.is_none()) {
         extra.sched = collect::sched::read(host, debugfs.as_ref()).ok();
@@ -188,6 +171,10 @@ pub(super) fn hidden_stage(
             hidden = detect::hidden::find(host, fresh_host, &census, snap, &extra);
         }
     }
+    if let (Some(ask), Some(reason)) = (ask_allocator, reason) {
+        allocator = Some(ask.summary(reason, &mut out.limitations));
+    }
+    out.deep_us = tdeep.elapsed().as_micros() as u64;
     out.hidden_pids = hidden.iter().map(|h| h.pid).collect();
     // A BPF rootkit's loader is reported as what it is (its kernel.hook
     // finding names and removes it), not judged again as a miner.
@@ -262,6 +249,11 @@ pub(super) fn hidden_stage(
     }
     out.census = Some(CensusSummary {
         pid_max: census.pid_max,
+        pid_space: PidSpaceSummary {
+            upto: census.pid_space.upto,
+            reason: census.pid_space.reason.clone(),
+        },
+        swept_upto: if census.probed { census.swept_upto } else { 0 },
         listed_processes: census.listed.len(),
         threads: census.tasks.len(),
         cgroup_hierarchies: census.cgroup_roots.clone(),
@@ -292,6 +284,95 @@ pub(super) fn hidden_stage(
     out.accounting = Some(acc);
     out.census_us = tc.elapsed().as_micros() as u64;
     out
+}
+
+/// The PID-allocator probe over one range or two, merged.
+struct AllocatorAsk<'a> {
+    explained: std::collections::BTreeSet<i32>,
+    deadline: &'a super::Deadline,
+    asked: usize,
+    answer: Option<Result<collect::pidalloc::Answer, collect::pidalloc::NotApplicable>>,
+}
+
+impl<'a> AllocatorAsk<'a> {
+    fn new(explained: std::collections::BTreeSet<i32>, deadline: &'a super::Deadline) -> Self {
+        AllocatorAsk {
+            explained,
+            deadline,
+            asked: 0,
+            answer: None,
+        }
+    }
+
+    /// Asks about `lo..=hi`, less the PIDs the views explain.
+    fn range(&mut self, lo: i32, hi: i32) {
+        if lo > hi {
+            return;
+        }
+        let pids: Vec<i32> = (lo..=hi).filter(|p| !self.explained.contains(p)).collect();
+        self.asked += pids.len();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let r = collect::pidalloc::probe(&pids, workers, self.deadline.at());
+        self.answer = Some(match (self.answer.take(), r) {
+            (Some(Ok(mut a)), Ok(b)) => {
+                a.held.extend(b.held);
+                a.probed += b.probed;
+                a.created += b.created;
+                a.helpers.extend(b.helpers);
+                a.took += b.took;
+                a.cut |= b.cut;
+                Ok(a)
+            }
+            (Some(Ok(a)), Err(_)) => Ok(a),
+            (_, r) => r,
+        });
+    }
+
+    /// Answered, and not cut by the deadline.
+    fn whole(&self) -> bool {
+        matches!(&self.answer, Some(Ok(a)) if !a.cut)
+    }
+
+    /// Hands what the allocator holds to the hidden-process judge.
+    fn apply(&self, extra: &mut detect::hidden::ExtraViews) {
+        if let Some(Ok(a)) = &self.answer {
+            extra.allocator_usable = true;
+            extra.allocator_held = a.held.clone();
+        }
+    }
+
+    fn summary(self, reason: &str, limitations: &mut Vec<String>) -> AllocatorSummary {
+        match self.answer.unwrap_or_else(|| Ok(Default::default())) {
+            Ok(a) => {
+                if a.cut {
+                    self.deadline.cut(&format!(
+                        "the PID-allocator probe ({} of {} PIDs asked)",
+                        a.probed, self.asked
+                    ));
+                }
+                AllocatorSummary {
+                    reason: reason.into(),
+                    probed: a.probed,
+                    held_unexplained: a.held.len(),
+                    ms: a.took.as_secs_f64() * 1e3,
+                    not_applicable: None,
+                }
+            }
+            Err(e) => {
+                limitations.push(format!(
+                    "the PID allocator could not be asked ({}): a task hidden from every list and lookup is found only through the CPU it uses",
+                    e.0
+                ));
+                AllocatorSummary {
+                    reason: reason.into(),
+                    probed: 0,
+                    held_unexplained: 0,
+                    ms: 0.0,
+                    not_applicable: Some(e.0),
+                }
+            }
+        }
+    }
 }
 
 /// What the hidden-process and rootkit checks read during the CPU sample:

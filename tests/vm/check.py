@@ -300,6 +300,20 @@ def main():
             f"quarry findings ({expect} boot): "
             + (", ".join(f["rule"] for f in findings) or "none")
         )
+        census = report.get("census") or {}
+        alloc = census.get("allocator") or {}
+        print(
+            f"census ({expect} boot): pid_max {census.get('pid_max')}, "
+            f"in use up to {(census.get('pid_space') or {}).get('upto')}, "
+            f"swept up to {census.get('swept_upto')} ({census.get('sweep')}), "
+            f"census {census.get('census_ms', 0):.0f} ms, sweep {census.get('probe_ms', 0):.0f} ms, "
+            f"allocator {alloc.get('probed', '-')} PIDs in {alloc.get('ms', 0):.0f} ms"
+        )
+        # The guest runs at the pid_max it was given (run.sh: 4,194,304), and
+        # Quarry judged that PID space.
+        want_max = facts.get("pid_max")
+        if want_max and str(census.get("pid_max")) != want_max:
+            fail(f"the census saw pid_max {census.get('pid_max')}, the guest has {want_max}")
         if expect == "hidden":
             hits = [
                 f

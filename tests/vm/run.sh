@@ -24,6 +24,9 @@
 #                    built with `cargo build --release` when missing)
 #   VM_BOOT_TIMEOUT  seconds allowed per boot (default 240)
 #   VM_SMP           guest CPUs (default 1)
+#   VM_PID_MAX       the guests' kernel.pid_max (default 4194304, systemd's
+#                    default on 64-bit machines and every new PID
+#                    namespace's since Linux 6.14)
 #   VM_KEEP_LOGS     a directory to copy the console logs to (default: none)
 #   VM_CASES         the cases to run, e.g. "ftrace1 clean" (default: all)
 #   VM_FIXTURES      a directory: instead of the test cases, boot clean,
@@ -40,6 +43,7 @@ vm_dir=tests/vm
 
 boot_timeout=${VM_BOOT_TIMEOUT:-240}
 smp=${VM_SMP:-1}
+pid_max=${VM_PID_MAX:-4194304}
 
 say() { echo "vm: $*"; }
 die() {
@@ -180,7 +184,7 @@ boot() {
         -accel tcg -smp "$smp" -m 1024 \
         -nographic -nic none -no-reboot \
         -kernel "$kernel" -initrd "$work/initrd.gz" \
-        -append "console=ttyS0 panic=-1 $param" \
+        -append "console=ttyS0 panic=-1 qtest_pidmax=$pid_max $param" \
         </dev/null >"$log" 2>&1 &
     qemu_pid=$!
     wait "$qemu_pid" || rc=$?
