@@ -519,15 +519,17 @@ pub fn verdict_line(r: &Report) -> (&'static str, String) {
     }
     let mut others: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
     if hidden_cpu.is_some() {
-        let (share, found) = r.cpu_accounting.as_ref().map_or((0.0, 0.0), |a| {
-            (
-                a.unexplained_percent + a.hidden_measured_percent,
-                a.hidden_measured_percent,
-            )
-        });
+        // Exactly what the hidden.cpu finding states (issue 24: the verdict
+        // said 54% where the title said 46%).
+        let (share, attributed) = r
+            .cpu_accounting
+            .as_ref()
+            .and_then(|a| a.stated)
+            .unwrap_or((0.0, false));
+        let named = hidden_cpu.is_some_and(|f| !f.title.starts_with("Something hides"));
         others.insert(
             0,
-            if found >= 0.5 * share && found > 0.0 {
+            if attributed && named {
                 format!("hidden processes use {share:.0}% of the CPU")
             } else {
                 format!("something hides {share:.0}% of the CPU: a kernel rootkit is likely")

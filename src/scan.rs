@@ -314,7 +314,7 @@ pub fn run_full(
         let release = if files.is_empty() {
             String::new()
         } else {
-            let ctx = collect::modules::place::Context::load(host);
+            let ctx = collect::modules::place::Context::load(host, &files);
             collect::modules::place::classify(host, &mut files, &ctx);
             ctx.release
         };
@@ -432,6 +432,7 @@ pub fn run_full(
         suspicious: count_verdict(&findings, "suspicious"),
         findings: findings.len(),
         highest: findings.iter().map(|f| f.severity).max(),
+        verdict: String::new(),
     };
     let mut timing = snap.timing.clone();
     timing.detect_us = t.elapsed().as_micros() as u64;
@@ -467,6 +468,8 @@ pub fn run_full(
             .collect(),
         timing,
     };
+    let mut report = report;
+    report.summary.verdict = crate::report::verdict_line(&report).1;
     if let Some(w) = cache_writer {
         let _ = w.join();
     }

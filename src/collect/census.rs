@@ -79,6 +79,28 @@ pub const RESERVED_PIDS: u64 = 300;
 /// created between that reading and the sweep.
 pub const PID_SLACK: i32 = 4096;
 
+/// The kernel's boot-time pid_max (kernel/pid.c `pid_idr_init`): 32,768
+/// (`PID_MAX_DEFAULT`), or 1,024 per possible CPU when that is more. Nothing
+/// tells how far the counter went before pid_max was raised (systemd raises
+/// it at boot; an administrator may later), so the PIDs in use are never
+/// bounded below it.
+fn boot_pid_max(host: &Host) -> i32 {
+    let cpus = host
+        .read_text("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|t| {
+            t.trim()
+                .split(',')
+                .map(|r| match r.split_once('-') {
+                    Some((a, b)) => Some(b.parse::<i32>().ok()? - a.parse::<i32>().ok()? + 1),
+                    None => r.parse::<i32>().ok().map(|_| 1),
+                })
+                .sum::<Option<i32>>()
+        })
+        .unwrap_or(1);
+    32_768.max(1_024 * cpus)
+}
+
 /// The part of the PID space that can be in use.
 ///
 /// The kernel hands out PIDs cyclically (`idr_alloc_cyclic` in
@@ -86,8 +108,11 @@ pub const PID_SLACK: i32 = 4096;
 /// handed out (`/proc/sys/kernel/ns_last_pid`), and only at pid_max does it
 /// wrap back to [`RESERVED_PIDS`]. While fewer tasks were created since boot
 /// (`/proc/stat` `processes`, every thread included) than pid_max less
-/// those, the counter cannot have wrapped, so no PID above the last one is
-/// in use: a sweep up to it (plus [`PID_SLACK`]) covers every task.
+/// those, the counter cannot have wrapped at pid_max, so no PID above the
+/// last one is in use: a sweep up to it (plus [`PID_SLACK`]) covers every
+/// task. pid_max may have been raised after the counter wrapped under a
+/// smaller one, so the bound is never below the boot-time pid_max
+/// ([`boot_pid_max`]).
 ///
 /// What defeats it: a process with CAP_SYS_ADMIN over the namespace can
 /// choose a PID (`clone3` with `set_tid`) or move the counter (a write to
@@ -124,11 +149,12 @@ impl PidSpace {
             .copied()
             .max()
             .unwrap_or(1);
-        PidSpace::judge(pid_max, last, created, highest)
+        PidSpace::judge(pid_max, last, created, highest.max(boot_pid_max(host)))
     }
 
     /// The bound from pid_max, the last PID handed out, the tasks created
-    /// since boot and the highest PID any view shows.
+    /// since boot and the highest PID any view shows (or the boot-time
+    /// pid_max, when higher).
     fn judge(pid_max: i32, last: Option<i32>, created: Option<u64>, highest: i32) -> PidSpace {
         let whole = |why: String| PidSpace {
             upto: pid_max,
@@ -140,7 +166,7 @@ impl PidSpace {
                 PidSpace {
                     upto,
                     reason: format!(
-                        "PIDs 1-{upto}: {created} tasks created since boot, fewer than pid_max {pid_max}, so the PID counter has not wrapped and no PID above the last handed out ({last}) or any view's highest ({highest}) is in use, unless root chose it (clone3 set_tid, ns_last_pid)"
+                        "PIDs 1-{upto}: {created} tasks created since boot, fewer than pid_max {pid_max}, so the PID counter has not wrapped and no PID above the last handed out ({last}), any view's highest or the boot-time pid_max ({highest}) is in use, unless root chose it (clone3 set_tid, ns_last_pid)"
                     ),
                 }
             }

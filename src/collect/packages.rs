@@ -32,9 +32,29 @@ const MERGED: &[(&[u8], &[u8])] = &[
     (b"/usr/lib64/", b"/lib64/"),
 ];
 
+/// `path` under every merged-/usr spelling (itself first).
+pub fn spellings(path: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![path.to_vec()];
+    for (usr, short) in MERGED {
+        if let Some(rest) = path.strip_prefix(*usr) {
+            out.push([short, rest].concat());
+        } else if let Some(rest) = path.strip_prefix(*short) {
+            out.push([usr, rest].concat());
+        }
+    }
+    out
+}
+
 impl Packages {
     /// Reads dpkg's file lists (and notes an rpm database).
     pub fn load(host: &Host) -> Packages {
+        Packages::load_where(host, |_| true)
+    }
+
+    /// [`Packages::load`], keeping only the paths `keep` accepts: the lists
+    /// hold every installed file (141,000 here, 8.7 MB), and a map of them
+    /// all took 105 ms a scan where only the module files were looked up.
+    pub fn load_where(host: &Host, keep: impl Fn(&[u8]) -> bool) -> Packages {
         let mut p = Packages {
             rpm_present: host.exists("/var/lib/rpm/rpmdb.sqlite")
                 || host.exists("/var/lib/rpm/Packages")
@@ -57,7 +77,7 @@ impl Packages {
                 continue;
             };
             for line in text.split(|b| *b == b'\n') {
-                if line.starts_with(b"/") && line.len() > 1 {
+                if line.starts_with(b"/") && line.len() > 1 && keep(line) {
                     map.entry(line.to_vec()).or_insert_with(|| pkg.clone());
                 }
             }
@@ -92,14 +112,7 @@ impl Packages {
         let sums = host
             .read(format!("/var/lib/dpkg/info/{package}.md5sums"))
             .ok()?;
-        let mut spellings = vec![path.to_vec()];
-        for (usr, short) in MERGED {
-            if let Some(rest) = path.strip_prefix(*usr) {
-                spellings.push([short, rest].concat());
-            } else if let Some(rest) = path.strip_prefix(*short) {
-                spellings.push([usr, rest].concat());
-            }
-        }
+        let spellings = spellings(path);
         let want = sums.split(|b| *b == b'\n').find_map(|l| {
             let (sum, p) = (l.get(..32)?, l.get(34..)?);
             spellings

@@ -144,6 +144,10 @@ pub struct Summary {
     pub suspicious: usize,
     pub findings: usize,
     pub highest: Option<Severity>,
+    /// The text report's VERDICT line (every number in it is one a finding
+    /// states).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub verdict: String,
 }
 
 /// The whole result of a scan.

@@ -226,8 +226,10 @@ pub(super) fn hidden_stage(
             if let Ok(snap2) = snap2 {
                 let mut acc2 = detect::hidden::account(&snap2);
                 acc2.attribute_hidden(share);
-                out.findings
-                    .extend(detect::hidden::cpu_finding(&acc, &acc2, &hidden));
+                if let Some(f) = detect::hidden::cpu_finding(&acc, &acc2, &hidden) {
+                    acc.stated = Some(detect::hidden::stated(&acc, &acc2));
+                    out.findings.push(f);
+                }
             }
         }
     }

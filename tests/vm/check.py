@@ -133,6 +133,35 @@ def extract_files(path, outdir):
     return 0 if written and "QTEST-DUMP-DONE" in lines else 1
 
 
+def check_wording(report, fail):
+    """Issue 24: report lines agree with their own evidence. The verdict
+    repeats the hidden.cpu title's share; a hidden process's notes name only
+    the lookups that denied it."""
+    findings = report.get("findings", [])
+    verdict = (report.get("summary") or {}).get("verdict", "")
+    for f in findings:
+        if f.get("rule") == "hidden.cpu":
+            m = re.search(r"(\d+)% of all CPU time|hides (\d+)% of all CPU", f.get("title", ""))
+            share = next((g for g in (m.groups() if m else ()) if g), None)
+            if share is None:
+                fail(f"hidden.cpu title states no share: {f.get('title')}")
+            elif f"{share}% of the CPU" not in verdict:
+                fail(f"the verdict ({verdict!r}) does not repeat the hidden.cpu share {share}%")
+        if f.get("rule") == "hidden.process":
+            ev = {e.get("key"): e.get("value", "") for e in f.get("evidence") or []}
+            denied = ev.get("denied by", "").split(" (")[0]
+            denied = {d.strip() for d in denied.split(",") if d.strip()}
+            for key in ("not recovered", "PID allocator"):
+                v = ev.get(key, "")
+                if "every lookup" in v:
+                    fail(f"{key} claims every lookup denied it: {v}")
+                m = re.search(r"(?:and|while) ([\w/, ]+) deny it", v)
+                if m:
+                    named = {d.strip() for d in m.group(1).split(",") if d.strip()}
+                    if not named <= denied:
+                        fail(f"{key} names lookups that did not deny it: {named - denied} ({v})")
+
+
 def check_ftrace(expect, facts, findings, fail):
     """The findings an ftrace case must hold (see the module docstring)."""
     case = FTRACE_CASES[expect]
@@ -336,6 +365,7 @@ def main():
                     fail("the module.hidden evidence names none of the kernel views")
         elif expect in FTRACE_CASES:
             check_ftrace(expect, facts, findings, fail)
+            check_wording(report, fail)
         elif expect == "bpf":
             hits = [
                 f

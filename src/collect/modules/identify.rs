@@ -171,6 +171,47 @@ pub fn inspect_shell(host: &Host, path: &[u8], named: bool) -> ModuleFile {
     }
 }
 
+/// [`inspect_shell`] for a file the walk has just `statx`ed, whose
+/// attributes the cache kept: no open, no lookup (a warm walk of a kernel
+/// tree does this for thousands of files).
+pub fn shell_from_statx(
+    path: &[u8],
+    named: bool,
+    st: &rustix::fs::Statx,
+    attrs: (bool, bool),
+) -> ModuleFile {
+    let mut m = ModuleFile {
+        path: path.to_vec(),
+        meta: crate::host::FileMeta {
+            exists: true,
+            uid: Some(st.stx_uid),
+            mode: Some(format!("{:o}", st.stx_mode as u32 & 0o7777)),
+            size: Some(st.stx_size),
+            immutable: attrs.0,
+            append_only: attrs.1,
+            mtime: Some(st.stx_mtime.tv_sec),
+            ctime: Some(st.stx_ctime.tv_sec),
+        },
+        ..inspect_shell_empty(path, named)
+    };
+    m.named_as_module = named;
+    m
+}
+
+fn inspect_shell_empty(path: &[u8], named: bool) -> ModuleFile {
+    ModuleFile {
+        path: path.to_vec(),
+        meta: crate::host::FileMeta::default(),
+        identification: String::new(),
+        compression: None,
+        modinfo: BTreeMap::new(),
+        sha256: None,
+        named_as_module: named,
+        signature: None,
+        place: Place::default(),
+    }
+}
+
 /// Reads, decompresses and identifies one module file.
 pub fn inspect(
     host: &Host,

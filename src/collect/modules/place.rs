@@ -23,7 +23,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn load(host: &Host) -> Context {
+    /// The running kernel, its keys, and the packages owning `files`.
+    pub fn load(host: &Host, files: &[ModuleFile]) -> Context {
+        // Only these files are looked up: every spelling of each.
+        let wanted: std::collections::HashSet<Vec<u8>> = files
+            .iter()
+            .flat_map(|m| crate::collect::packages::spellings(&m.path))
+            .collect();
         Context {
             release: host
                 .read_text("/proc/sys/kernel/osrelease")
@@ -31,7 +37,7 @@ impl Context {
                 .trim()
                 .to_string(),
             key_names: key_names(&host.read_text("/proc/keys").unwrap_or_default()),
-            packages: Packages::load(host),
+            packages: Packages::load_where(host, |p| wanted.contains(p)),
         }
     }
 }
@@ -132,6 +138,7 @@ fn tree_root(
     cache: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
 ) -> Option<Vec<u8>> {
     let mut chain = Vec::new();
+    let mut scratch = Vec::new();
     let mut cur = dir.to_vec();
     let mut found = None;
     for _ in 0..8 {
@@ -140,10 +147,17 @@ fn tree_root(
             break;
         }
         chain.push(cur.clone());
+        // The module's own directory was listed by the walk, which checked
+        // it is local: a name there is looked up with one statx. Above it,
+        // every step is checked (host::resolve).
+        let first = chain.len() == 1;
         if TREE_MARKERS.iter().any(|m| {
-            host.exists(bytes_to_path(
-                &[&cur, b"/".as_slice(), m.as_bytes()].concat(),
-            ))
+            let marker = [&cur, b"/".as_slice(), m.as_bytes()].concat();
+            if first {
+                host.stat_bytes(&marker, false, &mut scratch).is_ok()
+            } else {
+                host.exists(bytes_to_path(&marker))
+            }
         }) {
             found = Some(cur.clone());
             break;

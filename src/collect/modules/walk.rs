@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::cache::{key_of, Cache, DirCache, DirRecord, Judged, Key, SeenDir, RACY_SECONDS};
-use super::identify::{elf_type, inspect, inspect_shell, ModuleFile};
+use super::identify::{elf_type, inspect, inspect_shell, shell_from_statx, ModuleFile};
 use crate::host::{bytes_to_path, Host};
 
 /// Where the walk looks by default (`--module-path` replaces it).
@@ -611,7 +611,11 @@ fn inspect_candidate(
     let key = key_of(&st);
     if let Some(j) = cache.module(&key) {
         stats.cached += 1;
-        let mut m = inspect_shell(host, path, compression_of(name).is_some());
+        let named = compression_of(name).is_some();
+        let mut m = match j.attrs {
+            Some(attrs) => shell_from_statx(path, named, &st, attrs),
+            None => inspect_shell(host, path, named),
+        };
         j.apply(&mut m);
         stats.seen_modules.push((key, j.clone()));
         return Some(m);

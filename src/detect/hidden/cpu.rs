@@ -65,6 +65,11 @@ pub struct CpuAccounting {
     pub short_lived_percent: f64,
     /// Where that CPU went, cgroup by cgroup.
     pub short_lived: Vec<ShortLived>,
+    /// What the `hidden.cpu` finding states, when there is one: the share
+    /// (the smaller of the two samples') and whether it names the hidden
+    /// processes it goes to. The verdict line repeats exactly this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stated: Option<(f64, bool)>,
 }
 
 /// CPU a cgroup's short-lived tasks used: its own time less its visible
@@ -179,6 +184,7 @@ pub fn account(snap: &Snapshot) -> CpuAccounting {
     CpuAccounting {
         short_lived_percent,
         short_lived,
+        stated: None,
         forks_per_second,
         alert_percent: UNEXPLAINED_ALERT_PERCENT
             + 100.0 * forks_per_second * EXIT_OVERHEAD_SECONDS / cpus,
@@ -360,6 +366,18 @@ pub fn attribute(
     total
 }
 
+/// The share of all CPUs `hidden.cpu` states (the smaller of the two
+/// samples'), and whether the hidden processes found account for at least
+/// half of it.
+pub fn stated(first: &CpuAccounting, second: &CpuAccounting) -> (f64, bool) {
+    let hidden_share = second.unexplained_percent + second.hidden_measured_percent;
+    let first_share = first.unexplained_percent + first.hidden_measured_percent;
+    (
+        hidden_share.min(first_share),
+        second.hidden_measured_percent >= 0.5 * hidden_share,
+    )
+}
+
 /// The `hidden.cpu` finding, when two samples agree that a large share of CPU
 /// time belongs to no visible process. The hidden processes Quarry found and
 /// measured are named as where it goes.
@@ -385,9 +403,7 @@ pub fn cpu_finding(
                 .map_or(String::new(), |c| format!("; root cgroup {c:.1}%"))
         )
     };
-    let hidden_share = second.unexplained_percent + second.hidden_measured_percent;
-    let first_share = first.unexplained_percent + first.hidden_measured_percent;
-    let share = hidden_share.min(first_share);
+    let (share, attributed) = stated(first, second);
     let named: Vec<String> = hidden
         .iter()
         .filter_map(|h| {
@@ -403,7 +419,6 @@ pub fn cpu_finding(
             })
         })
         .collect();
-    let attributed = second.hidden_measured_percent >= 0.5 * hidden_share;
     let title = if attributed && !named.is_empty() {
         format!(
             "{share:.0}% of all CPU time is used by processes hidden from ps and top: {}",

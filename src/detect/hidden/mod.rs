@@ -304,19 +304,26 @@ pub fn find(
                 ),
             ));
         }
+        // Name only the lookups that denied it: where kill and getpgid saw
+        // it, only /proc lied (issue 24).
+        let denials = if denied.is_empty() {
+            "/proc/PID could not be read".to_string()
+        } else {
+            format!("{} deny it", denied.join(", "))
+        };
         if extra.allocator_held.contains(&tgid) {
             notes.push(Evidence::new(
                 "PID allocator",
-                format!("held by the kernel (clone3 with set_tid {tgid} answers EEXIST), denied by every lookup"),
+                format!("held by the kernel (clone3 with set_tid {tgid} answers EEXIST), while {denials}"),
             ));
         }
         if process.is_none() {
             notes.push(Evidence::new(
                 "not recovered",
                 if sched.is_some() {
-                    "executable, command line, owner, open files and sockets: every way to them goes through a lookup by PID, which is denied"
+                    format!("executable, command line, owner, open files and sockets: each is read through /proc/PID, and {denials}")
                 } else {
-                    "name, executable, command line, owner: every lookup by PID is denied and no scheduler view was readable"
+                    format!("name, executable, command line, owner: {denials}, and no scheduler view was readable")
                 },
             ));
         }
