@@ -295,6 +295,31 @@ fn watch_reports_a_miner_once_clears_it_and_feeds_prometheus() {
     );
 
     // The miner goes: cleared.
+    // While Prometheus must see the miner go, 20 idle connections and one
+    // dripping a byte every half second are held open on the metrics port
+    // (opened again as the server's 3 s deadline closes them): its scrapes
+    // still answer (issue 21).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let holder = {
+        let stop = stop.clone();
+        let port = w.metrics_port;
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _idle: Vec<TcpStream> = (0..20)
+                    .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+                    .collect();
+                if let Ok(mut drip) = TcpStream::connect(("127.0.0.1", port)) {
+                    for _ in 0..5 {
+                        let _ = drip.write_all(b"G");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
     drop(miner);
     wait_event(&w, Duration::from_secs(10), &mut seen2, |v| {
         v["event"] == "cleared" && v["key"].as_str().unwrap_or("").contains("miner.process")
@@ -307,6 +332,9 @@ fn watch_reports_a_miner_once_clears_it_and_feeds_prometheus() {
             Duration::from_secs(30),
         );
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = holder.join().unwrap();
+    eprintln!("held 20 idle + 1 dripping connections for {rounds} rounds of 2.5 s");
 
     // SIGTERM: a clean exit.
     let mut w = w;
@@ -387,4 +415,125 @@ fn man_page_completions_and_unit() {
         .output()
         .unwrap();
     assert_ran(&v, "systemd-analyze verify");
+}
+
+/// Issue 21: a finding whose evidence is over a megabyte (a miner's own
+/// command line) reaches a real journald (Debian's systemd-journald, run by
+/// the test in its own namespace, with tmpfs over /run and /var/log) as
+/// entries that each carry Quarry's own priority and parse as one JSON
+/// object: nothing the miner wrote can start a line with a priority prefix.
+#[test]
+fn a_megabyte_finding_reaches_journald_whole_with_quarrys_priority() {
+    sandboxed!("a_megabyte_finding_reaches_journald_whole_with_quarrys_priority");
+    let journald = std::path::Path::new("/lib/systemd/systemd-journald");
+    let have = |c: &str| {
+        Command::new(c)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if !journald.exists() || !have("systemd-cat") || !have("journalctl") {
+        eprintln!("SKIPPED: no systemd-journald, systemd-cat or journalctl here");
+        return;
+    }
+    // Everything journald writes stays in this sandbox's tmpfs.
+    for dir in ["/run", "/var/log"] {
+        rustix::mount::mount(
+            "tmpfs",
+            dir,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("tmpfs over {dir}: {e}"));
+    }
+    std::fs::create_dir_all("/run/systemd/journal").unwrap();
+    let mut jd = Command::new(journald)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !std::path::Path::new("/run/systemd/journal/stdout").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "journald did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A miner whose command line is 1.2 MB (10 arguments of 120,000 bytes:
+    // one argument may hold 128 KiB), with '<0>' where a line could start.
+    std::fs::create_dir_all("/tmp/quarry-journal").unwrap();
+    let exe = "/tmp/quarry-journal/xmrig";
+    std::fs::copy(burner(), exe).unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args(["-o", "stratum+tcp://127.0.0.1:3333"]);
+    let chunk = format!("\n<0>{}", "A".repeat(119_995));
+    for _ in 0..10 {
+        cmd.arg(&chunk);
+    }
+    let miner = start(cmd);
+    let mut w = Command::new("systemd-cat")
+        .args(["--level-prefix=true", "-t", "quarry-watch"])
+        .arg(QUARRY)
+        .args(["watch", "--interval", "0.5", "--scan-interval", "0.5"])
+        .args(["--metrics-addr", "none"])
+        // What systemd sets for a unit's stdout on the journal.
+        .env("JOURNAL_STREAM", "0:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let entries = || -> Vec<Value> {
+        let out = Command::new("journalctl")
+            .args(["-o", "json", "-t", "quarry-watch", "--no-pager"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let about_miner = |e: &Value| {
+        e["MESSAGE"]
+            .as_str()
+            .and_then(|m| serde_json::from_str::<Value>(m).ok())
+            .is_some_and(|v| v["event"] == "finding" && v["finding"]["subject"]["pid"] == miner.pid)
+    };
+    let t = Instant::now();
+    let mut all = entries();
+    while !all.iter().any(about_miner) && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+        all = entries();
+    }
+    let _ = w.kill();
+    let _ = w.wait();
+    let _ = jd.kill();
+    let _ = jd.wait();
+    assert!(
+        all.iter().any(about_miner),
+        "no journal entry for the miner's finding in 30 s; entries: {}",
+        all.len()
+    );
+    for e in &all {
+        let prio = e["PRIORITY"].as_str().unwrap_or("?");
+        assert!(
+            ["2", "3", "4", "5", "6"].contains(&prio),
+            "an entry with priority {prio}: {:.300}",
+            e["MESSAGE"]
+        );
+        let msg = e["MESSAGE"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a MESSAGE that is not text: {:.300}", e["MESSAGE"]));
+        assert!(
+            serde_json::from_str::<Value>(msg).is_ok(),
+            "an entry that is not one JSON object: {msg:.300}"
+        );
+    }
+    eprintln!(
+        "journald: {} entries, all with Quarry's priority",
+        all.len()
+    );
 }
